@@ -34,7 +34,7 @@ test: $(STAMP)
 
 # JupyterLab on nbs/ with the project's environment (its python3 kernel is the venv's).
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=nbs
+	$(BIN)/jupyter lab --notebook-dir=nbs $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # After editing notebooks: regenerate fairquant/ and clean the notebooks (run before every commit).
 export: $(STAMP)
