@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['STAGES', 'DEMO_STAGES', 'PRESETS', 'Registry', 'atomic_path', 'save_json', 'load_json', 'save_csv', 'save_figure',
-           'stage_dir', 'new_run_dir', 'set_seed', 'project_root', 'git_commit', 'reference_dir', 'nbs_dir',
-           'run_pipeline', 'run_pipeline_cli']
+           'require_columns', 'read_csv', 'stage_dir', 'new_run_dir', 'set_seed', 'project_root', 'git_commit',
+           'reference_dir', 'nbs_dir', 'run_pipeline', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -83,6 +83,30 @@ def save_figure(fig, path, dpi=120):
     path = Path(path)
     with atomic_path(path) as tmp: fig.savefig(tmp, dpi=dpi, bbox_inches='tight', format=path.suffix.lstrip('.') or 'png')
     return path
+
+# %% ../nbs/00_core.ipynb #75262028
+def require_columns(df, # a DataFrame
+                    cols:Iterable[str], # columns it must have
+                    source)->None: # the file it came from (named in the error)
+    "Raise a clear error naming `source` when any of `cols` is missing from `df`"
+    missing = [c for c in cols if c not in df.columns]
+    if missing: raise ValueError(f"{source}: missing column(s) {missing}; found {list(df.columns)}")
+
+def read_csv(path, # the CSV file
+             required:Iterable[str]=(), # columns it must have
+             source=None, # name used in errors (default: the path)
+             allow_empty:bool=True, # False: a header without rows is an error
+             **kwargs): # passed to `pandas.read_csv`
+    "Read a CSV; a missing, empty or unparsable file or a missing column is an error naming the file"
+    import pandas as pd
+    path = Path(path); source = source or path
+    if not path.is_file(): raise FileNotFoundError(f"{source}: file not found")
+    try: df = pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError: raise ValueError(f"{source}: file is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e: raise ValueError(f"{source}: cannot parse as CSV ({e})") from None
+    if not allow_empty and df.empty: raise ValueError(f"{source}: has a header but no rows")
+    require_columns(df, required, source)
+    return df
 
 # %% ../nbs/00_core.ipynb #4d420d14
 STAGES = ['00_datasets', '10_finetune_vit_swin', '20_importance', '30_mixed_precision',

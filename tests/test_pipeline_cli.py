@@ -5,8 +5,13 @@ import pandas as pd
 
 BIN = Path(sys.executable).parent
 
+ROOT = Path(__file__).resolve().parents[1]
+
+def _package_mtimes():
+    return {p: p.stat().st_mtime_ns for p in [ROOT/'pyproject.toml', *sorted((ROOT/'fairquant').glob('*.py'))]}
+
 def test_runner_runs_datasets_stage(tmp_path):
-    run = tmp_path/'run'
+    run, before = tmp_path/'run', _package_mtimes()
     r = subprocess.run([str(BIN/'fairquant-run'), '--stages', '00_datasets', '--run_dir', str(run),
                         '--set', "00_datasets.options={'n': 150, 'seed': 4}"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -18,6 +23,9 @@ def test_runner_runs_datasets_stage(tmp_path):
     assert len(t) == 150 and set(t.split) == {'train', 'val', 'test'}
     counts = pd.read_csv(d/'counts.csv', index_col=[0, 1])
     assert int(counts.total.sum()) == 150
+    # papermill runs every cell: the notebooks' nbdev_export cell must be skipped (tag skip-execution), or every
+    # run would rewrite the package and pyproject.toml in the checkout
+    assert _package_mtimes() == before
 
 def test_runner_rejects_bad_set(tmp_path):
     r = subprocess.run([str(BIN/'fairquant-run'), '--stages', '00_datasets', '--run_dir', str(tmp_path), '--set', 'oops'],
