@@ -19,6 +19,9 @@ def exec_nb(fn, skip_flags):
         return bool(set(skip_flags) & d.keys())
     k, t = CaptureShell(fn), time.time()
     with working_directory(fn.parent): k.run_all(nb, exc_stop=True, preproc=_skip)
+    for c in nb.cells:  # progress bars are for people watching a run, not for the saved page
+        if c.cell_type == 'code':
+            c.outputs = [o for o in c.get('outputs', []) if not (o.get('name') == 'stderr' and '%|' in ''.join(o.get('text', '')))]
     write_nb(nb, fn); print(f'{fn.name}: {time.time()-t:.1f}s')
 
 if __name__ == '__main__':
