@@ -11,9 +11,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGES', 'DEMO_STAGES', 'PRESETS', 'Registry', 'atomic_path', 'save_json', 'load_json', 'save_csv', 'save_figure',
-           'require_columns', 'read_csv', 'stage_dir', 'new_run_dir', 'set_seed', 'project_root', 'git_commit',
-           'reference_dir', 'nbs_dir', 'run_pipeline', 'run_pipeline_cli']
+__all__ = ['STAGES', 'DEMO_STAGES', 'PRESETS', 'Registry', 'atomic_path', 'atomic_dir', 'save_json', 'load_json', 'save_csv',
+           'save_figure', 'require_columns', 'read_csv', 'stage_dir', 'new_run_dir', 'set_seed', 'project_root',
+           'git_commit', 'reference_dir', 'nbs_dir', 'run_pipeline', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -36,7 +36,7 @@ class Registry:
     def names(self)->list: return sorted(self._items)
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names)})"
 
-# %% ../nbs/00_core.ipynb #a730a727
+# %% ../nbs/00_core.ipynb #e1fc98db
 @contextlib.contextmanager
 def atomic_path(path, # final file name
                ):
@@ -46,11 +46,28 @@ def atomic_path(path, # final file name
     tmp = Path(tmp)
     try:
         yield tmp
-        umask = os.umask(0); os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; give the file the mode a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give the file the mode a plain open() would
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+# %% ../nbs/00_core.ipynb #4f5b2037
+def _umask()->int:
+    m = os.umask(0); os.umask(m); return m
+
+@contextlib.contextmanager
+def atomic_dir(path, # final folder name (must not exist, or exist from a concurrent finisher)
+              ):
+    "Yield a temporary folder beside `path`; on success rename it to `path`, keeping a `path` another process made first"
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700 folders
+        try: os.replace(tmp, path)
+        except OSError:
+            if not path.is_dir(): raise    # not a concurrent finisher: a real error
+    finally: shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/00_core.ipynb #bf90840d
 def _json_default(o):
