@@ -11,9 +11,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGES', 'DEMO_STAGES', 'PRESETS', 'Registry', 'atomic_path', 'atomic_dir', 'save_json', 'load_json', 'save_csv',
-           'save_figure', 'require_columns', 'read_csv', 'stage_dir', 'new_run_dir', 'set_seed', 'project_root',
-           'git_commit', 'reference_dir', 'nbs_dir', 'run_pipeline', 'run_pipeline_cli']
+__all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'Registry', 'atomic_path', 'atomic_dir', 'save_json', 'load_json',
+           'save_csv', 'save_figure', 'require_columns', 'read_csv', 'stage_dir', 'new_run_dir', 'require_stage',
+           'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit',
+           'reference_dir', 'nbs_dir', 'run_pipeline', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -145,6 +146,61 @@ def new_run_dir(root='runs', prefix='run')->Path:
     while d.exists(): d = Path(root)/f'{prefix}-{stamp}-{i}'; i += 1
     d.mkdir(parents=True)
     return d
+
+# %% ../nbs/00_core.ipynb #598098e1
+def require_stage(run_dir, # the run folder
+                  stage:str, # the earlier stage whose output is needed (one of `STAGES`)
+                  *files:str, # files (relative to the stage folder) that must exist
+                  needed_by:str=None)->Path: # the stage asking (named in the error)
+    "The folder of `stage` in `run_dir`; a clear error when it, or any of `files`, is missing"
+    d = stage_dir(run_dir, stage, create=False)
+    who = f" (needed by {needed_by})" if needed_by else ''
+    if not Path(run_dir).is_dir(): raise FileNotFoundError(f"{run_dir}: run folder not found{who}")
+    missing = [f for f in files if not (d/f).exists()] if d.is_dir() else [f or '.' for f in (files or ('',))]
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: no output of stage {stage} ({', '.join(str(d/f) for f in missing)} missing){who}; "
+                                f"run {stage} on this run folder first (nbs/{stage}.ipynb or `fairquant-run --stages {stage}`)")
+    return d
+
+# %% ../nbs/00_core.ipynb #f8f74cd0
+PRED_COLUMNS = ['image_id', 'group', 'true_label', 'predicted_label', 'confidence',
+                'top1_pred', 'top1_prob', 'top5_preds', 'top5_probs']
+
+def rank_classes(probs, # (N, C) class probabilities
+                 k:int=5)->tuple: # how many to keep (at most C)
+    "Indices and probabilities of the `k` most probable classes per row; ties go to the lower class index"
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2: raise ValueError(f"probs must be (images, classes), got shape {probs.shape}")
+    order = np.argsort(-probs, axis=1, kind='stable')[:, :min(k, probs.shape[1])]
+    return order, np.take_along_axis(probs, order, axis=1)
+
+# %% ../nbs/00_core.ipynb #7af5d60a
+def predictions_table(image_ids, # one id per image
+                      groups, # group name per image
+                      labels, # true class index per image
+                      probs, # (N, C) class probabilities, columns in `classes` order
+                      classes, # class names, in output order
+                      digits:int=6)->'pd.DataFrame': # decimals kept for probabilities
+    "The per-image prediction table (`PRED_COLUMNS`), labels as names, ties broken by class index"
+    import pandas as pd
+    probs = np.asarray(probs, dtype=np.float64); labels = np.asarray(labels)
+    n, classes = len(image_ids), list(classes)
+    if probs.shape != (n, len(classes)):
+        raise ValueError(f"probs has shape {probs.shape}; expected ({n} images, {len(classes)} classes {classes})")
+    if len(labels) != n or len(groups) != n: raise ValueError(f"{n} image ids but {len(labels)} labels and {len(groups)} groups")
+    if n and ((labels < 0) | (labels >= len(classes))).any(): raise ValueError(f"true label index outside 0..{len(classes)-1}")
+    if pd.Index(image_ids).has_duplicates: raise ValueError("image ids must be unique: an image would be counted twice")
+    order, top = rank_classes(probs)
+    names = np.asarray(classes, dtype=object)
+    top5 = [str([str(x) for x in r]) for r in names[order]]
+    p5 = [str([round(float(x), digits) for x in r]) for r in top]
+    first, p1 = names[order[:, 0]], np.round(top[:, 0], digits)
+    return pd.DataFrame(dict(image_id=[str(i) for i in image_ids], group=list(groups), true_label=names[labels],
+                             predicted_label=first, confidence=p1, top1_pred=first, top1_prob=p1, top5_preds=top5, top5_probs=p5))
+
+def save_predictions(path, **kwargs)->Path:
+    "Write `predictions_table(**kwargs)` atomically to `path` (CSV); returns the path"
+    return save_csv(predictions_table(**kwargs), path)
 
 # %% ../nbs/00_core.ipynb #651bb082
 def set_seed(seed:int):

@@ -22,7 +22,7 @@ from timm.data import resolve_model_data_config
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import Registry, atomic_path, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
+from .core import Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
 from .datasets import GroupDataset, build_transform, open_stage_dataset, get_dataset, save_stage_dataset
 
 # %% auto #0
@@ -31,7 +31,7 @@ __all__ = ['MODEL_PRESETS', 'TORCHVISION_MODELS', 'WEIGHT_FILES', 'CACHE_LIMIT',
            'load_pretrained', 'SplitData', 'CachedDataset', 'split_data', 'epoch_order', 'epoch_batches', 'Indexed',
            'group_metrics', 'TrainConfig', 'warmup_cosine', 'get_accelerator', 'predict', 'evaluate', 'run_fingerprint',
            'FitResult', 'fit', 'checkpoint_paths', 'save_checkpoint', 'Checkpoint', 'check_weights', 'load_checkpoint',
-           'plot_curves', 'val_group_table', 'finetune_model', 'update_index', 'train_cli']
+           'plot_curves', 'val_group_table', 'finetune_model', 'update_index', 'train_cli', 'example_run']
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #e4736a5d
 MODEL_PRESETS = Registry('model preset')
@@ -824,3 +824,35 @@ def train_cli(argv:Sequence[str]=None)->dict:
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #23c7f11f
 if __name__ == '__main__' and Path(sys.argv[0]).name == 'finetune.py': train_cli()
+
+# %% ../nbs/10_finetune_vit_swin.ipynb #d786a257
+def _code_key()->str:
+    "A hash of the code that makes an example run (datasets and fine-tuning modules)"
+    import fairquant
+    h, pkg = hashlib.sha1(), Path(fairquant.__file__).parent
+    for m in ('datasets.py', 'finetune.py'): h.update((pkg/m).read_bytes())
+    return h.hexdigest()[:10]
+
+def example_run(dest, # run folder to fill (created; must not already hold a 00_datasets or 10_finetune_vit_swin)
+                models:Sequence=('vit_mini', 'resnet18'), # models to fine-tune (names or dicts, as in the stage)
+                n:int=600, # synthetic images (70/15/15 split)
+                epochs:int=2, # fine-tuning epochs
+                seed:int=0, # seeds the data and the training
+                cache=None)->Path: # cache folder (default: ~/.cache/fairquant or $FAIRQUANT_CACHE)
+    "A small run folder with `00_datasets` and `10_finetune_vit_swin`, built once into a cache and copied to `dest`"
+    from fairquant.datasets import _default_cache
+    dest = Path(dest)
+    for s in ('00_datasets', '10_finetune_vit_swin'):
+        if (dest/s).exists(): raise FileExistsError(f"{dest/s}: already exists; example_run fills a fresh run folder")
+    args = dict(models=list(models), n=n, epochs=epochs, seed=seed, code=_code_key())
+    key = hashlib.sha1(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    src = Path(cache or _default_cache())/'example-runs'/key
+    if not (src/'10_finetune_vit_swin'/'checkpoints.json').exists():
+        with atomic_dir(src) as tmp:
+            ds = get_dataset('synthetic', n=n, seed=seed)   # images in the dataset cache: paths stay valid after copying
+            save_stage_dataset(ds, tmp)
+            out, cfg = stage_dir(tmp, '10_finetune_vit_swin'), TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, seed=seed)
+            for m in models: update_index(out, finetune_model(ds, m, cfg, out, 32, None, {'crop_pct': 1.0}, progress=False))
+            save_json(args, tmp/'example_run.json')
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    return dest
