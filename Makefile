@@ -10,7 +10,7 @@ RUN_DIR ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 # pip prints one harmless line per package for this machine's local package mirror; hide those
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: env demo test lab export clean-runs
+.PHONY: env demo test lab export bench clean-runs
 
 env: $(STAMP)
 
@@ -39,6 +39,13 @@ lab: $(STAMP)
 # After editing notebooks: regenerate fairquant/ and clean the notebooks (run before every commit).
 export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
+
+# Speed of the method against its baseline, one script each (CPU, 2 threads, interleaved, median of repeats);
+# each prints one JSON object as its last line. Run on a quiet machine: timings are ratios measured in one process.
+bench: $(STAMP)
+	@mkdir -p runs/bench
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f | tee runs/bench/$$(basename $$f .py).log || exit 1; done
+	@echo "results (last line of each):"; for f in runs/bench/*.log; do echo "$$(basename $$f .log): $$(tail -n 1 $$f)"; done
 
 clean-runs:
 	rm -rf runs/

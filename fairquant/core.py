@@ -14,7 +14,7 @@ import numpy as np
 __all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'Registry', 'atomic_path', 'atomic_dir', 'save_json', 'load_json',
            'save_csv', 'save_figure', 'require_columns', 'read_csv', 'stage_dir', 'new_run_dir', 'require_stage',
            'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit',
-           'reference_dir', 'nbs_dir', 'run_pipeline', 'run_pipeline_cli']
+           'reference_dir', 'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -258,20 +258,44 @@ def nbs_dir()->Path:
     if not d.is_dir(): raise FileNotFoundError(f"{d}: notebooks folder not found (run from a FairQuant checkout)")
     return d
 
+def notebook_parameters(path)->dict:
+    "The names and defaults of a stage notebook's papermill `parameters` cell"
+    import papermill as pm
+    return {k: v['default'] for k, v in pm.inspect_notebook(str(path)).items()}
+
+def check_pipeline(stages:Iterable[str], # stage names, in pipeline order
+                   params:dict=None, # {stage: {name: value}}
+                   nbs=None)->list: # folder of the stage notebooks
+    "Validate stages, their notebooks and every parameter name before anything runs; returns the notebook paths"
+    stages, params = list(stages), params or {}
+    if not stages: raise ValueError(f"no stages given; stages are {STAGES}")
+    bad = [s for s in stages if s not in STAGES]
+    if bad: raise ValueError(f"unknown stage(s) {bad}; stages are {STAGES}")
+    if len(set(stages)) != len(stages) or stages != sorted(stages, key=STAGES.index):
+        raise ValueError(f"stages {stages} must be distinct and in pipeline order {STAGES}")
+    unknown = [s for s in params if s not in stages]
+    if unknown: raise ValueError(f"params given for stage(s) {unknown} that are not run; stages: {stages}")
+    srcs = []
+    for stage in stages:
+        src = Path(nbs or nbs_dir())/f'{stage}.ipynb'
+        if not src.exists(): raise FileNotFoundError(f"{src}: no notebook for stage {stage!r}")
+        known = notebook_parameters(src)
+        extra = sorted(set(params.get(stage, {})) - set(known))
+        if extra: raise ValueError(f"{stage}: unknown parameter(s) {extra}; its parameters are {sorted(known)}")
+        srcs.append(src)
+    return srcs
+
 def run_pipeline(run_dir, # the run folder (created if missing)
                  stages:Iterable[str]=None, # stage names in order; default `DEMO_STAGES`
                  params:dict=None, # {stage: {name: value}} extra papermill parameters
                  progress:bool=True,
                  nbs=None): # folder of the stage notebooks (default: the checkout's nbs/)
-    "Execute the stage notebooks with papermill into `run_dir`; returns the executed notebook paths"
+    "Execute the stage notebooks with papermill into `run_dir` (everything checked first); returns the executed notebook paths"
     import papermill as pm
+    stages, params, out = list(DEMO_STAGES if stages is None else stages), params or {}, []
+    srcs = check_pipeline(stages, params, nbs)
     run_dir = Path(run_dir).resolve(); run_dir.mkdir(parents=True, exist_ok=True)
-    stages, params, out = list(stages or DEMO_STAGES), params or {}, []
-    unknown = [s for s in params if s not in stages]
-    if unknown: raise ValueError(f"params given for stage(s) {unknown} that are not run; stages: {stages}")
-    for stage in stages:
-        src = Path(nbs or nbs_dir())/f'{stage}.ipynb'
-        if not src.exists(): raise FileNotFoundError(f"{src}: no notebook for stage {stage!r}")
+    for stage, src in zip(stages, srcs):
         dst = stage_dir(run_dir, stage)/f'{stage}.ipynb'
         if progress: print(f'== {stage} → {dst}', flush=True)
         t = datetime.datetime.now()
@@ -292,16 +316,19 @@ def run_pipeline_cli():
     p.add_argument('--set', action='append', default=[], metavar='STAGE.NAME=VALUE',
                    help='a papermill parameter for one stage; VALUE is a Python literal or a string')
     a = p.parse_args()
-    stages = [s.strip() for s in a.stages.split(',') if s.strip()]
+    stages = [s.strip() for s in a.stages.split(',')]
+    if not all(stages): p.error(f"--stages {a.stages!r}: expected comma-separated stage names, e.g. 00_datasets,10_finetune_vit_swin")
     params = {k: dict(v) for k, v in PRESETS[a.preset].items() if k in stages}
     for s in a.set:
-        key, _, val = s.partition('=')
-        stage, _, name = key.partition('.')
-        if not (stage and name and _):
+        key, eq, val = s.partition('=')
+        stage, dot, name = key.partition('.')
+        if not (stage and dot and name and eq):
             p.error(f"--set {s!r}: expected STAGE.NAME=VALUE, e.g. 10_finetune_vit_swin.epochs=3")
         try: val = ast.literal_eval(val)
         except (ValueError, SyntaxError): pass
         params.setdefault(stage, {})[name] = val
+    try: check_pipeline(stages, params)
+    except (ValueError, FileNotFoundError) as e: p.error(str(e))
     run_dir = Path(a.run_dir) if a.run_dir else new_run_dir(project_root()/'runs', 'demo')
     t = datetime.datetime.now()
     run_pipeline(run_dir, stages, params)

@@ -31,3 +31,20 @@ def test_runner_rejects_bad_set(tmp_path):
     r = subprocess.run([str(BIN/'fairquant-run'), '--stages', '00_datasets', '--run_dir', str(tmp_path), '--set', 'oops'],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "expected STAGE.NAME=VALUE" in r.stderr
+
+def _cli(*args, timeout=120):
+    return subprocess.run([str(BIN/'fairquant-run'), *args], capture_output=True, text=True, timeout=timeout)
+
+def test_runner_validates_everything_before_running(tmp_path):
+    "Each bad argument is refused with exit 2 and a message, and nothing runs (no run folder is made)"
+    run = tmp_path/'run'
+    cases = [(['--stages', ','], "expected comma-separated stage names"),
+             (['--stages', '00_datasets', '--set', '00_datasets.options'], "expected STAGE.NAME=VALUE"),
+             (['--stages', '00_datasets,15_typo'], "unknown stage(s) ['15_typo']"),
+             (['--stages', '10_finetune_vit_swin,00_datasets'], "in pipeline order"),
+             (['--stages', '00_datasets', '--set', '00_datasets.optoins={}'], "unknown parameter(s) ['optoins']"),
+             (['--stages', '00_datasets', '--set', '10_finetune_vit_swin.epochs=1'], "not run")]
+    for args, msg in cases:
+        r = _cli(*args, '--run_dir', str(run))
+        assert r.returncode == 2 and msg in r.stderr, (args, r.returncode, r.stderr[-2000:])
+        assert not run.exists(), args
