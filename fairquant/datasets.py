@@ -295,6 +295,8 @@ def make_synthetic(root, # folder to create (must not exist yet)
         meta.assign(label=names('label', SYNTH_CLASSES), true_label=names('true_label', SYNTH_CLASSES),
                     group=names('group', SYNTH_GROUPS))[['image_id', 'path', 'label', 'group', 'split', 'true_label']
                    ].to_csv(tmp/'metadata.csv', index=False)
+        save_json(dict(n=n, size=size, minority=minority, noise=noise, minority_label_noise=minority_label_noise,
+                       split_fractions=list(split_fractions), seed=seed), tmp/'generator.json')   # inside the atomic step
     return root
 
 # %% ../nbs/00_datasets.ipynb #e704af3c
@@ -312,12 +314,14 @@ def load_synthetic(root=None, # folder holding (or to receive) the images; None:
     key = hashlib.sha1(json.dumps(gen, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(root) if root is not None else _default_cache()/f'synthetic-{key}'
     if (root/'metadata.csv').exists():
-        made = load_json(root/'generator.json') if (root/'generator.json').exists() else None
-        if made is not None and made != gen:
+        if not (root/'generator.json').exists():
+            raise ValueError(f"{root}: holds metadata.csv but no generator.json, so how it was generated is unknown; use another root")
+        made = load_json(root/'generator.json')
+        if made != gen:
             raise ValueError(f"{root}: holds a synthetic dataset made with {made}, not the requested {gen}; "
                              "use another root")
     else:
-        make_synthetic(root, **gen); save_json(gen, root/'generator.json')
+        make_synthetic(root, **gen)   # writes generator.json inside its atomic step
     ds = load_csv_dataset(root, 'metadata.csv', id_col='image_id', classes=SYNTH_CLASSES, groups=SYNTH_GROUPS, name='synthetic', **kwargs)
     ds.options = dict(gen, **kwargs)
     return ds
