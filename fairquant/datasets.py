@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from .core import (Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir,
-                            read_csv, require_columns)
+                            read_csv, require_columns, require_stage)
 
 # %% auto #0
 __all__ = ['SPLITS', 'REQUIRED_COLUMNS', 'DATASETS', 'register_dataset', 'SYNTH_CLASSES', 'SYNTH_GROUPS', 'IMAGE_EXTS',
@@ -920,11 +920,12 @@ def save_stage_dataset(ds:GroupDataset, run_dir)->Path:
     return d
 
 def open_stage_dataset(run_dir, # the run folder
-                       default:dict=None)->GroupDataset: # get_dataset kwargs when the stage has no dataset yet
-    "The dataset recorded by stage 00_datasets in `run_dir` (prepared with `default` if absent)"
-    d = stage_dir(run_dir, '00_datasets')
+                       default:dict=None)->GroupDataset: # get_dataset kwargs to prepare it when absent (None: refuse)
+    "The dataset recorded by stage 00_datasets in `run_dir`; prepared with `default` only when given, else refused when absent"
+    d = stage_dir(run_dir, '00_datasets', create=False)
     if not (d/'dataset.json').exists():
-        kw = dict(default or dict(name='synthetic'))
+        if default is None: require_stage(run_dir, '00_datasets', 'dataset.json', 'images.csv')
+        kw = dict(default)
         if kw['name'] == 'synthetic' and 'root' not in kw: kw['root'] = d/'synthetic'
         save_stage_dataset(get_dataset(**kw), run_dir)
     spec = load_json(d/'dataset.json'); idn = spec['identity']

@@ -90,3 +90,15 @@ def test_cli_rejects_bad_option(tmp_path):
                         '--select', 'loss'], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "unknown selection metric 'loss'" in r.stderr
+
+
+def test_cli_refuses_run_folder_without_dataset(tmp_path):
+    "A typo in --run_dir must not quietly generate a dataset and train on it"
+    r = subprocess.run([sys.executable, '-m', 'fairquant.finetune', '--run_dir', str(tmp_path/'typo'), '--model', 'swin_mini'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "typo: run folder not found" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path/'typo').exists()
+    r = subprocess.run([sys.executable, '-m', 'fairquant.finetune', '--run_dir', str(tmp_path), '--model', 'swin_mini'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "no output of stage 00_datasets" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path/'00_datasets').exists() and not (tmp_path/'10_finetune_vit_swin').exists()
