@@ -4,17 +4,18 @@
 
 # %% ../nbs/00_core.ipynb #4de28868
 from __future__ import annotations
-import os, sys, json, random, shutil, subprocess, tempfile, contextlib, datetime
+import os, re, sys, json, random, shutil, socket, subprocess, tempfile, contextlib, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'Registry', 'atomic_path', 'atomic_dir', 'save_json', 'load_json',
-           'save_csv', 'save_figure', 'require_columns', 'read_csv', 'stage_dir', 'new_run_dir', 'require_stage',
-           'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit',
-           'reference_dir', 'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline', 'run_pipeline_cli']
+__all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'Registry', 'clean_stale_temps', 'atomic_path', 'atomic_dir',
+           'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv', 'stage_dir',
+           'new_run_dir', 'require_stage', 'rank_classes', 'predictions_table', 'save_predictions', 'set_seed',
+           'project_root', 'git_commit', 'reference_dir', 'nbs_dir', 'notebook_parameters', 'check_pipeline',
+           'run_pipeline', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -38,12 +39,36 @@ class Registry:
     def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names)})"
 
 # %% ../nbs/00_core.ipynb #e1fc98db
+def _tmp_prefix(path:Path)->str:
+    "Temporary names carry host and pid, so leftovers of a killed process can be told from live work"
+    return f'.{path.name}.{socket.gethostname()}-{os.getpid()}.'
+
+def _alive(pid:int)->bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def clean_stale_temps(path, # the final file or folder name whose leftovers to look for
+                     )->int: # how many were removed
+    "Remove temporaries of `path` left by processes of this host that no longer run (a kill -9 mid-write)"
+    path, n = Path(path), 0
+    pat = re.compile(rf'^\.{re.escape(path.name)}\.(.+)-(\d+)\..*\.tmp$')
+    if not path.parent.is_dir(): return 0
+    for t in path.parent.iterdir():
+        m = pat.match(t.name)
+        if not m or m[1] != socket.gethostname() or _alive(int(m[2])): continue
+        if t.is_dir() and not t.is_symlink(): shutil.rmtree(t, ignore_errors=True)
+        else: t.unlink(missing_ok=True)
+        n += 1
+    return n
+
 @contextlib.contextmanager
 def atomic_path(path, # final file name
                ):
     "Yield a temporary path beside `path`; on success rename it onto `path`, on error delete it"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent); os.close(fd)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); clean_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent); os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
@@ -60,8 +85,8 @@ def _umask()->int:
 def atomic_dir(path, # final folder name (must not exist, or exist from a concurrent finisher)
               ):
     "Yield a temporary folder beside `path`; on success rename it to `path`, keeping a `path` another process made first"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); clean_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700 folders
