@@ -12,10 +12,10 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'Registry', 'clean_stale_temps', 'atomic_path', 'atomic_dir',
-           'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv', 'stage_dir',
-           'new_run_dir', 'require_stage', 'rank_classes', 'predictions_table', 'save_predictions', 'set_seed',
-           'project_root', 'git_commit', 'reference_dir', 'nbs_dir', 'notebook_parameters', 'check_pipeline',
-           'run_pipeline', 'run_pipeline_cli']
+           'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv',
+           'read_safetensors_header', 'read_safetensors', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes',
+           'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir',
+           'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -150,6 +150,27 @@ def read_csv(path, # the CSV file
     if not allow_empty and df.empty: raise ValueError(f"{source}: has a header but no rows")
     require_columns(df, required, source)
     return df
+
+# %% ../nbs/00_core.ipynb #88cb422d
+def _safetensors_error(path, e)->ValueError:
+    return ValueError(f"{path}: not a readable safetensors file ({e}); is it truncated, empty or another format?")
+
+def read_safetensors_header(path)->dict:
+    "The metadata dict of a safetensors file; a missing or unreadable file is an error naming it"
+    from safetensors import safe_open
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), 'pt') as f: return dict(f.metadata() or {})
+    except Exception as e: raise _safetensors_error(path, e) from None
+
+def read_safetensors(path)->dict:
+    "The tensors of a safetensors file; a missing or unreadable file is an error naming it"
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found")
+    try: return load_file(str(path))
+    except Exception as e: raise _safetensors_error(path, e) from None
 
 # %% ../nbs/00_core.ipynb #4d420d14
 STAGES = ['00_datasets', '10_finetune_vit_swin', '20_importance', '30_mixed_precision',

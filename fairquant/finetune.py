@@ -22,7 +22,7 @@ from timm.data import resolve_model_data_config
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
+from .core import Registry, atomic_path, atomic_dir, read_safetensors, read_safetensors_header, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
 from .datasets import GroupDataset, build_transform, open_stage_dataset, get_dataset, save_stage_dataset
 
 # %% auto #0
@@ -637,7 +637,7 @@ class Checkpoint:
 
 def _read_header(wpath:Path)->dict:
     if not wpath.is_file(): raise FileNotFoundError(f"{wpath}: checkpoint weights not found")
-    with safe_open(str(wpath), 'pt') as f: h = f.metadata() or {}
+    h = read_safetensors_header(wpath)
     if h.get('format') != json.dumps(CHECKPOINT_FORMAT):
         raise ValueError(f"{wpath}: not a FairQuant checkpoint (no {CHECKPOINT_FORMAT!r} header); plain weights load with `load_pretrained`")
     missing = [k for k in _HEADER_KEYS if k not in h]
@@ -676,7 +676,7 @@ def load_checkpoint(path, # the .safetensors, the .json or their common stem
     header = _read_header(wpath)
     meta = load_json(jpath) if jpath.exists() else dict(header)
     _check_description(meta, header, wpath, jpath)
-    sd = load_file(str(wpath))
+    sd = read_safetensors(wpath)
     with torch.random.fork_rng(devices=[]):   # building initialises weights: leave the caller's random state alone
         model = build_model(meta['model'], meta['classes'], None, meta['data_config'])
     check_weights(model, sd, meta['classes'], wpath)
