@@ -398,6 +398,18 @@ def split_by_units(table:pd.DataFrame, # the `by` columns
     return key.map(dict(zip(first._unit, s))).rename('split')
 
 # %% ../nbs/00_datasets.ipynb #e29c77d8
+def _through_link(path:str, links:set)->bool:
+    "Whether walking `path` step by step (applying '..' as it comes) enters a link of the archive"
+    stack = []
+    for p in path.split('/'):
+        if p in ('', '.'): continue
+        if p == '..':
+            if stack: stack.pop()
+            continue
+        stack.append(p)
+        if '/'.join(stack) in links: return True   # the text cannot tell where the link leads: '..' after it may leave
+    return False
+
 def _unsafe_member(name:str, link:str=None, symlink:bool=False, links:set=frozenset())->str|None:
     "Why an archive member must not be extracted (None when it is safe)"
     n = name.replace('\\', '/')
@@ -408,7 +420,9 @@ def _unsafe_member(name:str, link:str=None, symlink:bool=False, links:set=frozen
     if link is not None:
         l = link.replace('\\', '/')
         if l.startswith('/') or re.match(r'^[A-Za-z]:', l): return f'link to absolute path {link!r}'
-        tgt = posixpath.normpath(posixpath.join(posixpath.dirname('/'.join(parts)), l) if symlink else l)
+        raw = posixpath.join(posixpath.dirname('/'.join(parts)), l) if symlink else l
+        if _through_link(raw, links): return f'link target {link!r} runs through another link in the archive'
+        tgt = posixpath.normpath(raw)
         if tgt == '..' or tgt.startswith('../'): return f'link target {link!r} leaves the destination'
     return None
 
@@ -419,8 +433,10 @@ def check_archive(archive)->str:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z: members, kind = [(i.filename, None, False, False) for i in z.infolist()], 'zip'
     elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as t:
-            members = [(m.name, m.linkname if (m.issym() or m.islnk()) else None, m.issym(), m.isdev()) for m in t.getmembers()]
+        try:
+            with tarfile.open(archive) as t:
+                members = [(m.name, m.linkname if (m.issym() or m.islnk()) else None, m.issym(), m.isdev()) for m in t.getmembers()]
+        except (tarfile.TarError, EOFError, OSError) as e: raise ValueError(f"{archive}: cannot read the tar archive ({e}); truncated or damaged?") from None
         kind = 'tar'
     else: raise ValueError(f"{archive}: not a tar or zip archive")
     for name, link, sym, dev in members:
@@ -435,13 +451,16 @@ def safe_extract(archive, dest)->Path:
     dest.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.extract-', dir=dest.parent))
     try:
-        if kind == 'zip':
-            with zipfile.ZipFile(archive) as z: z.extractall(tmp)
-        else:
-            with tarfile.open(archive) as t: t.extractall(tmp, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
-        for p in sorted(tmp.iterdir()):
-            if (dest/p.name).exists(): raise FileExistsError(f"{dest/p.name}: already exists; not overwriting it with {archive}")
-            os.replace(p, dest/p.name)
+        try:
+            if kind == 'zip':
+                with zipfile.ZipFile(archive) as z: z.extractall(tmp)
+            else:
+                with tarfile.open(archive) as t: t.extractall(tmp, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
+            raise ValueError(f"{archive}: cannot extract ({e}); truncated or damaged? (nothing was written to {dest})") from None
+        clash = [p.name for p in sorted(tmp.iterdir()) if (dest/p.name).exists() or (dest/p.name).is_symlink()]
+        if clash: raise FileExistsError(f"{dest}: already holds {clash[:5]}; not overwriting with {archive} (nothing was moved in)")
+        for p in sorted(tmp.iterdir()): os.replace(p, dest/p.name)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
