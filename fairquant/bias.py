@@ -53,8 +53,9 @@ def parse_lists(s:pd.Series, # strings holding Python list literals
 def to_names(v:pd.Series,        # labels: names or integer indices
              classes:list|None,  # ordered class names, or None (names then pass unchecked)
              path, col:str,      # file and column, for errors
+             int_labels:str=None, # integers are 'index' (output positions) or 'name' (class names written as numbers); None: 'index' unless that is ambiguous
             )->pd.Series:
-    "Label names for `v`: integers index into `classes`; names must be in `classes` when it is given"
+    "Label names for `v`: integers index into `classes` (or are names, with `int_labels='name'`); names must be in `classes` when it is given"
     a, idx = v.to_numpy(dtype=object), v.index
     miss = np.flatnonzero(pd.isna(a))
     if len(miss): raise ValueError(f"{path}: column {col!r}, {_at(idx[miss[0]])}: missing label")
@@ -62,6 +63,11 @@ def to_names(v:pd.Series,        # labels: names or integer indices
     other = np.flatnonzero(~isint & ~np.array([isinstance(x, str) for x in a], dtype=bool))
     if len(other): raise ValueError(f"{path}: column {col!r}, {_at(idx[other[0]])}: expected a class name or an integer label, got {a[other[0]]!r}")
     out = a.copy()
+    if int_labels not in (None, 'index', 'name'): raise ValueError(f"int_labels={int_labels!r}: expected 'index', 'name' or None")
+    if isint.any() and int_labels is None and classes is not None and any(str(c).strip().lstrip('-').isdigit() for c in classes):
+        raise ValueError(f"{path}: column {col!r} holds integers (e.g. {a[isint][0]}) and the class names {list(classes)} are numbers too, "
+                         "so an integer could be an output index or a class name; pass int_labels='index' or int_labels='name'")
+    if isint.any() and int_labels == 'name': out[isint], isint = [str(x) for x in a[isint]], np.zeros_like(isint)
     if isint.any():
         if classes is None: raise ValueError(f"{path}: column {col!r} holds integer labels (e.g. {a[isint][0]}); pass class_names, the class names in output-index order")
         iv = a[isint].astype(int)
@@ -99,10 +105,11 @@ def _check_top1(df, pred, names, path):
 
 def read_preds(path,                 # one per-image CSV
                class_names:list=None, # ordered class names (needed for integer labels)
+               int_labels:str=None,   # integers are 'index' or 'name' (see `to_names`)
               )->pd.DataFrame:
     "One per-image CSV, in our schema or either reference schema, as a tidy table with one row per image"
     path, df = Path(path), read_table(path)
-    names = lambda col, s=None: to_names(df[col] if s is None else s, class_names, path, col)
+    names = lambda col, s=None: to_names(df[col] if s is None else s, class_names, path, col, int_labels)
     top5 = parse_lists(df.top5_preds, path, 'top5_preds')
     flat = names('top5_preds', top5.explode())
     top5 = pd.Series(np.split(flat.to_numpy(), np.cumsum(top5.map(len).to_numpy())[:-1]), index=df.index).map(list)
@@ -138,9 +145,19 @@ def _check_same(tabs, paths, col:str, by_id:bool):
 
 def pair_runs(tabs:list, # tables from `read_preds`, one per run
               paths:list, # their files (for errors)
+              pair_by:str=None, # 'image_id', 'position' (rows in the same order; only for files without ids), None: by image_id
              )->tuple:
-    "Put every run's rows in the first run's image order: by `image_id` when all files have it, else by position"
-    by_id = all(t.image_id.notna().all() for t in tabs)
+    "Put every run's rows in the first run's image order: by `image_id`, or by row position only when asked and no file has ids"
+    has = [bool(t.image_id.notna().all()) for t in tabs]
+    if pair_by not in (None, 'image_id', 'position'): raise ValueError(f"pair_by={pair_by!r}: expected 'image_id', 'position' or None")
+    if any(has) and not all(has):
+        raise ValueError(f"image_id is in {[str(p) for p, h in zip(paths, has) if h]} but not in {[str(p) for p, h in zip(paths, has) if not h]}: "
+                         "cannot pair these runs by image; write image_id into every file")
+    if pair_by == 'position' and all(has):
+        raise ValueError(f"pair_by='position' but every file has image_id: pairing by position would ignore the ids; leave pair_by=None")
+    if pair_by in (None, 'image_id') and not all(has) and len(tabs) > 1:
+        raise ValueError(f"{[str(p) for p in paths]} have no image_id column: pass pair_by='position' if their rows are the same images in the same order")
+    by_id = all(has)
     if by_id: tabs = [_align_ids(t, tabs[0], p, paths[0]) for t, p in zip(tabs, paths)]
     for t, p in zip(tabs[1:], paths[1:]):
         if len(t) != len(tabs[0]): raise ValueError(
@@ -177,13 +194,15 @@ def _categorise(long:pd.DataFrame, runs:list, class_names)->pd.DataFrame:
 def read_runs(csv_paths,              # list of per-image CSVs (or globs), or one glob
               run_names:list=None,     # one name per file; default: file stems
               class_names:list=None,   # ordered class names (needed for integer labels)
+              pair_by:str=None,        # 'image_id' (default when files have it) or 'position' (explicit, files without ids)
+              int_labels:str=None,     # integers are 'index' or 'name' (see `to_names`)
              )->pd.DataFrame:
     "Read and pair per-image CSVs into one long tidy table: one row per run × image"
     paths = resolve_paths(csv_paths)
     names = list(run_names) if run_names else [p.stem for p in paths]
     if len(names) != len(paths): raise ValueError(f"run_names has {len(names)} name(s) for {len(paths)} file(s): {[str(p) for p in paths]}")
     if len(set(names)) != len(names): raise ValueError(f"run names must be unique, got {names}; pass run_names")
-    tabs, pairing = pair_runs([read_preds(p, class_names) for p in paths], paths)
+    tabs, pairing = pair_runs([read_preds(p, class_names, int_labels) for p in paths], paths, pair_by)
     long = pd.concat([t.assign(run=n, image=np.arange(len(t)), file=str(p)) for t, n, p in zip(tabs, names, paths)], ignore_index=True)
     long = _categorise(long, names, class_names)
     long.attrs['pairing'] = pairing
