@@ -281,7 +281,7 @@ def reference_dir()->Path|None:
     return ref if ref.is_dir() else None
 
 # %% ../nbs/00_core.ipynb #54786c98
-DEMO_STAGES = ['00_datasets', '10_finetune_vit_swin', '60_bias_analysis']
+DEMO_STAGES = list(STAGES)
 
 # Named parameter sets for `run_pipeline`: {stage: {parameter: value}}. The notebooks' own defaults are tiny
 # (for nbdev_test); `demo` is the embedded default at a size that shows the group gap on 2 CPU cores.
@@ -294,6 +294,12 @@ PRESETS = {
                        {'name': 'resnet18', 'train': {'epochs': 4, 'batch_size': 128, 'lr': 0.002}}],
             'epochs': 8, 'batch_size': 64, 'lr': 0.001, 'n_train': 0, 'n_val': 0,
             'export_dir': '../model-files/base-model-pth-files'},
+        '20_importance': {'metrics': ['grape'], 'n_batches': 8, 'batch_size': 64},
+        '30_mixed_precision': {'configs': ['uniform4', 'fq_qat'], 'epochs': 2, 'batch_size': 64, 'n_train': 0, 'n_val': 0},
+        '40_onnx_int8': {'calib_n': 200, 'calib_root': '../calibration_images', 'n_check': 64,
+                         'onnx_export_dir': '../model-files/base-model-onnx-files',
+                         'int8_export_dir': '../model-files/INT8-Model-Quantized-Files'},
+        '50_validation': {'export_dir': '../Final-output-CSV-Files'},
         '60_bias_analysis': {'n_boot': 1000},
     },
 }

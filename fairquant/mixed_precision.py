@@ -500,7 +500,8 @@ for _c in [QuantConfig('fp32', 'none'),
                        fairness_lambda=0.5, bit_min=2, bit_max=8, lambda_b=1e-2),
            QuantConfig('fq_static', 'fair_static', 'grape', 'balanced'),
            QuantConfig('fq_qat_iter', 'iterative_qat', 'grape', 'balanced', fairness_lambda=0.5, rounds=3),
-           QuantConfig('uniform4_qat', 'uniform', uniform_bit=4, qat=True)]:
+           QuantConfig('uniform4_qat', 'uniform', uniform_bit=4, qat=True),
+           QuantConfig('fq_qat_blind', 'fair_static_qat', 'grape', None, fairness_lambda=0.5)]:
     CONFIGS.register(_c.name)(lambda c=_c: c)
 
 def get_config(name:str|dict|QuantConfig, **overrides)->QuantConfig:
