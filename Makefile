@@ -29,7 +29,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python tools/check_sync.py
 	$(BIN)/python tools/make_readme.py --check
-	$(BIN)/nbdev_test --n_workers 2 --timing --do_print
+	@# one torch/OpenMP thread per notebook worker: two workers already fill the two cores, and oversubscribed OpenMP
+	@# threads made single notebooks several times slower
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing --do_print
 	$(BIN)/python -m pytest -q tests
 
 # JupyterLab on nbs/ with the project's environment (its python3 kernel is the venv's).
