@@ -12,7 +12,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'Registry', 'clean_stale_temps', 'atomic_path', 'atomic_dir',
-           'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv',
+           'temp_dir_beside', 'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv',
            'read_safetensors_header', 'read_safetensors', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes',
            'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir',
            'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline', 'run_pipeline_cli']
@@ -94,6 +94,12 @@ def atomic_dir(path, # final folder name (must not exist, or exist from a concur
         except OSError:
             if not path.is_dir(): raise    # not a concurrent finisher: a real error
     finally: shutil.rmtree(tmp, ignore_errors=True)
+
+def temp_dir_beside(path, # the final folder it will become
+                   )->Path:
+    "A fresh temporary folder beside `path`, named so `clean_stale_temps` can remove it after a kill (for builders that swap folders themselves)"
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); clean_stale_temps(path)
+    return Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent))
 
 # %% ../nbs/00_core.ipynb #bf90840d
 def _json_default(o):

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .core import (Registry, atomic_path, save_json, load_json, save_csv, save_figure, stage_dir,
+from .core import (Registry, atomic_path, temp_dir_beside, save_json, load_json, save_csv, save_figure, stage_dir,
                             require_stage, git_commit)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, Checkpoint
@@ -496,7 +496,7 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
                 model=ck.meta['model']['name'], balance=balance, seed=seed, image_ids_sha1=_sha1_ids(used))
     blind_batches = [(x, y, torch.zeros_like(g)) for x, y, g in batches]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent))
+    tmp = temp_dir_beside(dest)   # host+pid in the name: a killed run's leftover is removed next time
     try:
         fig, axs = plt.subplots(1, len(metrics), figsize=(2.2 + 2.4*len(metrics), 1.2 + 0.2*len(target_layers(ck.model))), squeeze=False)
         totals, timing, tables = {}, {}, []
