@@ -86,8 +86,39 @@ def _top1_prob(df:pd.DataFrame, path)->pd.Series:
     p = parse_lists(df[col], path, col).str[0] if col == 'top5_probs' else df[col]
     p = pd.to_numeric(p, errors='coerce')
     bad = np.flatnonzero(~p.between(0, 1).to_numpy())
-    if len(bad): raise ValueError(f"{path}: column {col!r}, {_at(bad[0])}: expected a probability in [0, 1], got {df[col].iloc[bad[0]]!r}")
+    if len(bad): raise ValueError(f"{path}: column {col!r}, {_at(bad[0])}: expected a probability in [0, 1], got {_py(df[col].iloc[bad[0]])!r}")
     return p.astype(float)
+
+def _py(v):
+    "A numpy scalar as the plain Python value (so messages show `1.5`, not `np.float64(1.5)`)"
+    return v.item() if isinstance(v, np.generic) else v
+
+def _check_top5(df:pd.DataFrame, top5:pd.Series, path):
+    "Each top-5 list names distinct classes; `top5_probs` (where present) pairs with it, lies in [0, 1], descends, sums to at most 1 and starts with `top1_prob`"
+    dup = [(i, next(c for c in l if l.count(c) > 1)) for i, l in enumerate(top5) if len(set(l)) != len(l)]
+    if dup: raise ValueError(f"{path}: column 'top5_preds', {_at(dup[0][0])}: lists class {dup[0][1]!r} twice; expected distinct classes, most probable first ({len(dup)} such row(s))")
+    if 'top5_probs' not in df: return
+    probs, where = parse_lists(df.top5_probs, path, 'top5_probs'), lambda i: f"{path}: column 'top5_probs', {_at(i)}"
+    n, k = probs.map(len).to_numpy(), top5.map(len).to_numpy()
+    if (n != k).any(): i = int(np.flatnonzero(n != k)[0]); raise ValueError(f"{where(i)}: {n[i]} probabilities for {k[i]} classes in top5_preds; expected one per class")
+    first = pd.to_numeric(df.top1_prob, errors='coerce').to_numpy() if 'top1_prob' in df else None
+    fails = []   # (row, message) of the first failing row per list length; the earliest row is reported
+    for L in np.unique(n):
+        rows = np.flatnonzero(n == L)
+        try: P = np.array(probs.iloc[rows].tolist(), dtype=float)
+        except (TypeError, ValueError):
+            i = next(r for r in rows if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in probs.iloc[r]))
+            fails.append((i, f"{where(i)}: expected a list of probabilities, got {df.top5_probs.iloc[i]!r}")); continue
+        checks = [(~(np.isfinite(P) & (P >= 0) & (P <= 1)).all(1), lambda i, p: f"{where(i)}: expected probabilities in [0, 1], got {p.tolist()}"),
+                  ((np.diff(P, axis=1) > 1e-6).any(1), lambda i, p: f"{where(i)}: {p.tolist()} is not in descending order; expected the most probable class first"),
+                  (P.sum(1) > 1 + 1e-3, lambda i, p: f"{where(i)}: the probabilities sum to {p.sum():.6g}; expected at most 1 (softmax outputs)")]
+        if first is not None: checks.append((~np.isclose(first[rows], P[:, 0], rtol=1e-6, atol=1e-6), lambda i, p:
+            f"{path}: top1_prob differs from the first entry of top5_probs at {_at(i)}: {float(first[i])!r} vs {float(p[0])!r}"))
+        for bad, msg in checks:   # in this order: a row failing several checks reports the first
+            if bad.any(): j = int(np.flatnonzero(bad)[0]); fails.append((rows[j], msg(rows[j], P[j])))
+    if fails:
+        i = min(f[0] for f in fails)
+        raise ValueError(next(f[1] for f in fails if f[0] == i))
 
 # %% ../nbs/60_bias_analysis.ipynb #dd0f6077
 def _group(df:pd.DataFrame, true:pd.Series, path)->pd.Series:
@@ -115,11 +146,13 @@ def read_preds(path,                 # one per-image CSV
     top5 = pd.Series(np.split(flat.to_numpy(), np.cumsum(top5.map(len).to_numpy())[:-1]), index=df.index).map(list)
     true, pred = names('true_label'), top5.str[0]
     _check_top1(df, pred, names, path)
+    prob = _top1_prob(df, path)   # before _check_top5, so a bad value is reported as such, not as a mismatch
+    _check_top5(df, top5, path)
     if 'image_id' in df and df.image_id.isna().any():
         raise ValueError(f"{path}: column 'image_id', {_at(np.flatnonzero(df.image_id.isna().to_numpy())[0])}: missing image_id")
     return pd.DataFrame(dict(
         image_id=df.image_id.astype(object) if 'image_id' in df else None, true_label=true, group=_group(df, true, path),
-        pred=pred, prob=_top1_prob(df, path), top5=top5, top5_hit=[t in l for t, l in zip(true, top5)],
+        pred=pred, prob=prob, top5=top5, top5_hit=[t in l for t, l in zip(true, top5)],
         correct=(pred == true).to_numpy(), argmax_pred=names('predicted_label') if 'predicted_label' in df else None))
 
 # %% ../nbs/60_bias_analysis.ipynb #9e5d3f6a

@@ -13,9 +13,10 @@ import numpy as np
 # %% auto #0
 __all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'Registry', 'clean_stale_temps', 'atomic_path', 'atomic_dir',
            'temp_dir_beside', 'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv',
-           'read_safetensors_header', 'read_safetensors', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes',
-           'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir',
-           'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline', 'run_pipeline_cli']
+           'read_safetensors_header', 'read_safetensors', 'write_safetensors', 'stage_dir', 'new_run_dir',
+           'require_stage', 'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root',
+           'git_commit', 'reference_dir', 'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline',
+           'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -178,9 +179,23 @@ def read_safetensors(path)->dict:
     try: return load_file(str(path))
     except Exception as e: raise _safetensors_error(path, e) from None
 
+# %% ../nbs/00_core.ipynb #8cd9aa47
+def write_safetensors(tensors:dict, # {name: tensor}
+                      path, # the file to write (callers wrap it in `atomic_path`)
+                      metadata:dict=None)->Path: # {str: str}
+    "Save `tensors` as safetensors with a deterministic header (sorted keys): equal content, equal bytes"
+    from safetensors.torch import save
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], 'little')
+    header = json.dumps(json.loads(raw[8:8+n]), sort_keys=True, separators=(',', ':')).encode()
+    if len(header) > n: raise RuntimeError(f"{path}: sorted safetensors header is longer than the original ({len(header)} > {n})")
+    header += b' ' * (n - len(header))
+    Path(path).write_bytes(raw[:8] + header + raw[8+n:])
+    return Path(path)
+
 # %% ../nbs/00_core.ipynb #4d420d14
 STAGES = ['00_datasets', '10_finetune_vit_swin', '20_importance', '30_mixed_precision',
-          '40_onnx_int8', '50_validation', '60_bias_analysis']
+          '40_onnx_int8', '45_fair_int8', '50_validation', '60_bias_analysis']
 
 def stage_dir(run_dir, # the run folder
               stage:str, # one of `STAGES`
@@ -305,6 +320,7 @@ PRESETS = {
         '40_onnx_int8': {'calib_n': 200, 'calib_root': '../calibration_images', 'n_check': 64,
                          'onnx_export_dir': '../model-files/base-model-onnx-files',
                          'int8_export_dir': '../model-files/INT8-Model-Quantized-Files'},
+        '45_fair_int8': {'n_val': 0, 'n_boot': 1000},
         '50_validation': {'export_dir': '../Final-output-CSV-Files'},
         '60_bias_analysis': {'n_boot': 1000},
     },
@@ -320,6 +336,14 @@ def notebook_parameters(path)->dict:
     "The names and defaults of a stage notebook's papermill `parameters` cell"
     import papermill as pm
     return {k: v['default'] for k, v in pm.inspect_notebook(str(path)).items()}
+
+_TYPES = {'int': (int,), 'float': (int, float), 'bool': (bool,), 'list': (list, tuple, str), 'dict': (dict,)}   # str: a comma list
+
+def _type_error(stage:str, name:str, value, info:dict)->str|None:
+    "Why `value` cannot be the parameter papermill describes by `info` (its inferred type), or None"
+    t = info.get('inferred_type_name'); want = _TYPES.get(t)
+    if want is None or value is None or (isinstance(value, want) and not (isinstance(value, bool) and bool not in want)): return None
+    return f"{stage}: parameter {name}={value!r} is a {type(value).__name__}; expected {t} (its default is {info['default']})"
 
 def check_pipeline(stages:Iterable[str], # stage names, in pipeline order
                    params:dict=None, # {stage: {name: value}}
@@ -337,9 +361,12 @@ def check_pipeline(stages:Iterable[str], # stage names, in pipeline order
     for stage in stages:
         src = Path(nbs or nbs_dir())/f'{stage}.ipynb'
         if not src.exists(): raise FileNotFoundError(f"{src}: no notebook for stage {stage!r}")
-        known = notebook_parameters(src)
+        import papermill as pm
+        known = pm.inspect_notebook(str(src))
         extra = sorted(set(params.get(stage, {})) - set(known))
         if extra: raise ValueError(f"{stage}: unknown parameter(s) {extra}; its parameters are {sorted(known)}")
+        bad = [m for k, v in params.get(stage, {}).items() if (m := _type_error(stage, k, v, known[k]))]
+        if bad: raise ValueError(bad[0])   # e.g. --set 10_finetune_vit_swin.epochs=3x would fail only after the earlier stages ran
         srcs.append(src)
     return srcs
 

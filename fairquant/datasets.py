@@ -104,6 +104,7 @@ def names_to_index(values:pd.Series, names:Sequence, what:str, source, df=None)-
     bad = idx.isna().to_numpy()
     if bad.any():
         i = int(np.flatnonzero(bad)[0]); v = values.iloc[i]
+        v = v.item() if isinstance(v, np.generic) else v   # `7`, not `np.int64(7)`
         raise ValueError(f"{source}: {_rowref(df if df is not None else values.to_frame(), i)}: {what} {v!r} "
                          f"is not one of the {len(names)} expected values for {what}: {list(names)[:12]}"
                          f"{'…' if len(names) > 12 else ''} ({int(bad.sum())} such rows)")
@@ -436,7 +437,11 @@ def check_archive(archive)->str:
         try:
             with tarfile.open(archive) as t:
                 members = [(m.name, m.linkname if (m.issym() or m.islnk()) else None, m.issym(), m.isdev()) for m in t.getmembers()]
+                t.fileobj.seek(t.offset); end = t.fileobj.read(tarfile.BLOCKSIZE)   # tarfile stops quietly at a cut header
         except (tarfile.TarError, EOFError, OSError) as e: raise ValueError(f"{archive}: cannot read the tar archive ({e}); truncated or damaged?") from None
+        if end != tarfile.NUL*tarfile.BLOCKSIZE:
+            raise ValueError(f"{archive}: the tar archive ends after {len(members)} member(s) without its end-of-archive marker; "
+                             "truncated (an interrupted download?); expected a complete archive")
         kind = 'tar'
     else: raise ValueError(f"{archive}: not a tar or zip archive")
     for name, link, sym, dev in members:

@@ -22,7 +22,7 @@ from timm.data import resolve_model_data_config
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import Registry, atomic_path, atomic_dir, read_safetensors, read_safetensors_header, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
+from .core import write_safetensors, Registry, atomic_path, atomic_dir, read_safetensors, read_safetensors_header, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
 from .datasets import GroupDataset, build_transform, open_stage_dataset, get_dataset, save_stage_dataset
 
 # %% auto #0
@@ -305,14 +305,15 @@ def group_metrics(label, # true class per image
                   pred, # predicted class per image
                   groups:Sequence[str], # group names (index j <-> groups[j])
                  )->dict:
-    "Overall, per-group and worst-group accuracy and macro recall"
+    "Overall, per-group and worst-group accuracy (over groups with images: `missing_groups` names the others) and macro recall"
     label, group, pred = (np.asarray(a).astype(int) for a in (label, group, pred))
     ok = label == pred
     acc = {g: float(ok[group == j].mean()) if (group == j).any() else float('nan') for j, g in enumerate(groups)}
     present = [v for v in acc.values() if not math.isnan(v)]
     recall = [ok[label == c].mean() for c in np.unique(label)]
     return dict(acc=float(ok.mean()), worst_group_acc=float(min(present)), macro_recall=float(np.mean(recall)),
-                group_acc=acc, group_n={g: int((group == j).sum()) for j, g in enumerate(groups)})
+                group_acc=acc, group_n={g: int((group == j).sum()) for j, g in enumerate(groups)},
+                missing_groups=[g for g, v in acc.items() if math.isnan(v)])
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #aa035363
 SELECTION = Registry('selection metric')
@@ -442,7 +443,7 @@ def _save_state(d:Path, fp:str, st:_Progress, run:dict, best:dict, acc, model, o
     if acc.is_main_process:
         keep = {f'state-{gs}.pt', f'best-e{st.best_epoch}.safetensors', *(f'rank{k}-{gs}.pt' for k in range(world))}
         if best is not None and not (d/f'best-e{st.best_epoch}.safetensors').exists():
-            with atomic_path(d/f'best-e{st.best_epoch}.safetensors') as t: save_file(best, t)
+            with atomic_path(d/f'best-e{st.best_epoch}.safetensors') as t: write_safetensors(best, t)
         with atomic_path(d/f'state-{gs}.pt') as t:
             torch.save(dict(model=acc.unwrap_model(model).state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                             scaler=acc.scaler.state_dict() if acc.scaler is not None else {}), t)
@@ -528,12 +529,15 @@ class FitResult:
     seconds: float             # training + validation time over all epochs (including before a resume)
     touched: dict              # {'train': ids sampled by this process, 'val': ids predicted}
 
-def _check_splits(train:SplitData, val:SplitData):
+def _check_splits(train:SplitData, val:SplitData, groups:Sequence[str]=None):
     if (train.name, val.name) != ('train', 'val'): raise ValueError(f"fit takes the train and val splits, got {train.name!r} and {val.name!r}")
     for s in (train, val):
         if len(s) == 0: raise ValueError(f"fit: the {s.name} split has no images")
     both = set(train.table.image_id) & set(val.table.image_id)
     if both: raise ValueError(f"train and val share {len(both)} image ids (e.g. {sorted(both)[:3]})")
+    absent = [g for j, g in enumerate(groups or []) if not (val.table.group == j).any()]
+    if absent: raise ValueError(f"fit: the val split has no images of group(s) {absent}; worst-group model selection and the per-group "
+                                f"val metrics would silently leave them out; expected every group of {list(groups)} in val (use a larger n_val)")
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #38813ba2
 def fit(model:nn.Module, # built by `build_model`; receives the selected weights
@@ -544,7 +548,7 @@ def fit(model:nn.Module, # built by `build_model`; receives the selected weights
         accelerator=None, # an `accelerate.Accelerator` (None: `get_accelerator(cfg.amp)`)
         progress:bool=True, desc:str='')->FitResult:
     "Fine-tune on train, validate every epoch on val, keep the epoch that is best by `cfg.select`"
-    _check_splits(train, val)
+    _check_splits(train, val, groups)
     acc = accelerator or get_accelerator(cfg.amp)
     spe = math.ceil(math.ceil(len(train)/acc.num_processes)/cfg.batch_size)
     fp = run_fingerprint(model, train, val, cfg, classes, groups, acc.num_processes)
@@ -613,7 +617,7 @@ def save_checkpoint(model:nn.Module, # built by `build_model` (carries `fq_spec`
                 groups=list(groups), data_config=data_config(model))
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(wpath) as t:
-        save_file(sd, t, metadata={k: json.dumps(v) for k, v in desc.items()})
+        write_safetensors(sd, t, metadata={k: json.dumps(v) for k, v in desc.items()})
         sha = _sha256(t)
     side = dict(desc, weights=dict(file=wpath.name, sha256=sha, tensors=len(sd), parameters=sum(p.numel() for p in model.parameters())),
                 **meta, git_commit=git_commit())

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .core import (Registry, atomic_path, temp_dir_beside, save_json, load_json, save_csv, save_figure, stage_dir,
+from .core import (write_safetensors, Registry, atomic_path, temp_dir_beside, save_json, load_json, save_csv, save_figure, stage_dir,
                             require_stage, git_commit)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, Checkpoint
@@ -345,7 +345,7 @@ def save_importance(maps:dict, # {weight name: Tensor(G, *W.shape)}
     if bad: raise ValueError(f"{path}: maps must have one row per group ({G}: {meta['groups']}); got shapes {bad}")
     head = dict(meta, format=IMPORTANCE_FORMAT, layers=list(maps))
     with atomic_path(path) as t:
-        save_file({n: v.detach().to('cpu', torch.float32).contiguous() for n, v in maps.items()}, t,
+        write_safetensors({n: v.detach().to('cpu', torch.float32).contiguous() for n, v in maps.items()}, t,
                   metadata={k: json.dumps(v) for k, v in head.items()})
     return Path(path)
 
@@ -494,6 +494,10 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
     meta = dict(classes=list(ds.classes), groups=groups, checkpoint=str(checkpoint or ck.path), checkpoint_sha256=ck.meta['weights']['sha256'],
                 split=split, n_images=len(used), n_batches=len(batches), images_per_group={g: int((used.group == k).sum()) for k, g in enumerate(groups)},
                 model=ck.meta['model']['name'], balance=balance, seed=seed, image_ids_sha1=_sha1_ids(used))
+    absent = [g for g, n in meta['images_per_group'].items() if n == 0]
+    if absent: raise ValueError(f"dataset {ds.name!r}: group(s) {absent} have no calibration image in split {split!r} "
+                                f"({len(used)} images drawn): their importance maps would be all zero, as if no weight mattered to them; "
+                                "expected every group among the calibration images (use balance=True, more batches, or the other split)")
     blind_batches = [(x, y, torch.zeros_like(g)) for x, y, g in batches]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(dest)   # host+pid in the name: a killed run's leftover is removed next time

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import (Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, require_stage,
+from .core import (write_safetensors, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, require_stage,
                             set_seed, git_commit, save_predictions)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, build_model, group_metrics, split_data, checkpoint_paths
@@ -172,6 +172,8 @@ def budget_assign(scores:dict, # {weight name: importance map shaped like the we
     "(bits per unit, levels used, achieved parameter-weighted average): `assign_bits` held to a bit budget"
     shapes = {k: tuple(v.shape) for k, v in scores.items()}
     bits = tuple(sorted(int(b) for b in bits)); units = unit_scores(scores, granularity)
+    if not (isinstance(target, (int, float)) and math.isfinite(target) and bits[0] <= target <= bits[-1]):   # else: all-smallest or all-largest bits, silently
+        raise ValueError(f"target={target}: expected a parameter-weighted average bit width within the bit widths' range {bits[0]}..{bits[-1]}")
     run = lambda a: (lambda lv: (assign_bits(units_as_maps(units, granularity), granularity, bits, lv), lv))(budget_levels(bits, a, base))
     if granularity == 'per_param':                   # units are weights: the unit-weighted target is the answer
         a, lv = run(target); return a, lv, avg_bits(a, shapes)
@@ -642,7 +644,7 @@ def save_quantized_checkpoint(model:nn.Module, # a quantized model built by `bui
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in latent_state_dict(model).items()}
     sd.update({f'fq_bits/{k}': b.cpu().contiguous() for k, b in bits.items()})
     with atomic_path(wpath) as t:
-        save_file(sd, t, metadata={k: json.dumps(v) for k, v in desc.items()}); sha = _sha256(t)
+        write_safetensors(sd, t, metadata={k: json.dumps(v) for k, v in desc.items()}); sha = _sha256(t)
     summ = {k: dict(shape=list(b.shape), hist={int(v): int(c) for v, c in enumerate(torch.bincount(b.reshape(-1).to(torch.int64), minlength=33).tolist()) if c})
             for k, b in bits.items()}   # the exact bits are in the weights file as fq_bits/<weight name>
     save_json(dict(desc, weights=dict(file=wpath.name, sha256=sha), layers_quantized=len(bits), bits_summary=summ, **meta,
@@ -759,6 +761,9 @@ def _close(log:logging.Logger):
 def _test_split(ds:GroupDataset, tf)->tuple:
     t = ds.split('test').reset_index(drop=True)
     if len(t) == 0: raise ValueError(f"dataset {ds.name!r}: the test split has no images; predictions and summary.json are reported on test")
+    absent = [g for j, g in enumerate(ds.groups) if not (t.group == j).any()]
+    if absent: raise ValueError(f"dataset {ds.name!r}: the test split has no images of group(s) {absent}; the worst-group accuracy "
+                                f"and the gap would silently leave them out; expected every group of {list(ds.groups)} in test")
     return t, ds.torch_dataset('test', tf)
 
 def _report_args(cfg:QuantConfig, s:StageSettings, extra:dict)->str:

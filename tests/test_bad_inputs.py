@@ -1,0 +1,535 @@
+"""Bad-input suite: every malformed input a user can hand a stage gives a clear error naming the file / row / option and
+what was expected, or (only where the user asked for skips) a counted, reported skip. Never a silent drop, never a
+silent guess.
+
+Each case below feeds exactly ONE fault into an otherwise valid input and asserts the error TYPE and every fragment of
+its message that a user needs (the file/row/option AND the expectation). Count them with
+`.venv/bin/python -m pytest -q tests/test_bad_inputs.py --co`.
+
+| category                                    | inputs | clear error | counted skip | loud warning | silent acceptance left |
+|---------------------------------------------|-------:|------------:|-------------:|-------------:|----------------------------------------:|
+| datasets (CSV, images, archives, folders)   |     25 |          24 |         1(*) |            0 |                                       0 |
+| checkpoints (weights, sidecar, names)       |      8 |           8 |            0 |            0 |                                       0 |
+| importance files, metrics, reducers (20)    |     11 |          11 |            0 |            0 |                                       0 |
+| quantization config, bits, budgets (30)     |     21 |          20 |            0 |            1 |                                       0 |
+| ONNX files (40/50)                          |      4 |           4 |            0 |            0 |                                       0 |
+| per-image CSVs (60)                         |     23 |          23 |            0 |            0 |                                       0 |
+| CLI arguments (fairquant-run, -finetune)    |     10 |          10 |            0 |            0 |                                       0 |
+| stage order (run folder missing a stage)    |      6 |           6 |            0 |            0 |                                       0 |
+| validation split / table without a group    |      2 |           2 |            0 |            0 |                                       0 |
+| **total**                                   |**110** |     **108** |    **1**(*) |        **1** |                                   **0** |
+
+(*) missing images with `on_bad='skip'` (the user asked): dropped AND counted in `ds.report`; the corrupt-image input is
+also run that way (counted skip) after its default clear error. The loud warning is stage 30's documented contract
+(issue 30): `levels` that do not sum to 1 are normalised WITH a `UserWarning` naming the option and the shares used.
+The two 50_validation cases (a split without a group; a group table with a missing group accuracy) were silent
+acceptances found by this suite and are now refused at the source. `test_group_metrics_missing_group_is_visible`
+checks that a group without images stays visible (`missing_groups`) instead of vanishing from a worst-group value.
+"""
+import ast, io, json, os, shutil, sys, tarfile, warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from fairquant.core import (read_csv, load_json, read_safetensors, require_stage, check_pipeline, run_pipeline_cli,
+                            predictions_table, save_json)
+from fairquant.datasets import (get_dataset, check_archive, safe_extract, open_stage_dataset, make_splits, load_synthetic,
+                                read_image)
+from fairquant.finetune import load_checkpoint, train_cli, example_run, checkpoint_paths, group_metrics
+from fairquant import importance as imp
+from fairquant import mixed_precision as mp
+from fairquant.bias import read_runs, read_preds, analyse
+
+# --------------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    "The worked example run folder (00_datasets + 10_finetune_vit_swin), copied from the example_run cache"
+    return example_run(tmp_path_factory.mktemp('bad')/'run')
+
+@pytest.fixture(scope='module')
+def ck_files(run):
+    d = run/'10_finetune_vit_swin'/'resnet18'
+    return d/'resnet18_synthetic.safetensors', d/'resnet18_synthetic.json'
+
+@pytest.fixture(scope='module')
+def ck(ck_files): return load_checkpoint(ck_files[0])
+
+@pytest.fixture(scope='module')
+def ds(run): return open_stage_dataset(run)
+
+def _png(path, size=8):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((size, size, 3), np.uint8)).save(path)
+
+def _csv_dataset(tmp, rows=None, **cols):
+    "A tiny valid CSV dataset (4 images, 2 classes, 2 groups, every split) with the given columns replaced"
+    root = tmp/'data'
+    t = pd.DataFrame(dict(path=[f'im/{i}.png' for i in range(6)], label=['a', 'b', 'a', 'b', 'a', 'b'],
+                          group=['g', 'h', 'g', 'h', 'h', 'g'], split=['train', 'train', 'val', 'val', 'test', 'test']))
+    for p in t.path: _png(root/p)
+    for k, v in cols.items():
+        if v is None: t = t.drop(columns=k)
+        else: t[k] = v
+    root.mkdir(parents=True, exist_ok=True); t.to_csv(root/'metadata.csv', index=False)
+    return root
+
+def _check(fn, exc, *fragments):
+    "Run `fn`; it must raise `exc` and its message must hold every fragment"
+    with pytest.raises(exc) as e: fn()
+    msg = str(e.value)
+    for f in fragments: assert f in msg, f"missing {f!r} in: {msg}"
+    return msg
+
+# ------------------------------------------------------------------------------------------------------- datasets
+DATASET_CASES = {
+    'missing group column': (dict(group=None), ValueError, ["metadata.csv", "missing column(s) ['group']"]),
+    'unknown group': (dict(group=['g', 'h', 'g', 'x', 'h', 'g'], _kw=dict(groups=['g', 'h'])), ValueError,
+                      ["metadata.csv", "row 5", "group 'x' is not one of the 2 expected values", "['g', 'h']"]),
+    'unknown class': (dict(label=['a', 'b', 'a', 'c', 'a', 'b'], _kw=dict(classes=['a', 'b'])), ValueError,
+                      ["metadata.csv", "row 5", "class 'c' is not one of the 2 expected values"]),
+    'label index out of range': (dict(label=[0, 1, 0, 7, 0, 1], _kw=dict(classes=['0', '1'])), ValueError,
+                                 ["metadata.csv", "row 5", "class 7 is not one of the 2 expected values for class: ['0', '1']"]),
+    'duplicate image_id': (dict(image_id=['i0', 'i1', 'i2', 'i2', 'i4', 'i5'], _kw=dict(id_col='image_id')), ValueError,
+                           ["metadata.csv", "image_id 'i2' appears more than once"]),
+    'empty label cell': (dict(label=['a', 'b', None, 'b', 'a', 'b']), ValueError, ["metadata.csv", "row 4", "empty label (column 'label')"]),
+    'empty group cell': (dict(group=['g', 'h', 'g', None, 'h', 'g']), ValueError, ["metadata.csv", "row 5", "empty group (column 'group')"]),
+    'unknown split name': (dict(split=['train', 'train', 'val', 'val', 'test', 'tset']), ValueError,
+                           ["metadata.csv", "split value(s) ['tset'] not in ('train', 'val', 'test')"]),
+    'missing image file': (dict(path=['im/0.png', 'im/1.png', 'im/2.png', 'im/nope.png', 'im/4.png', 'im/5.png']), FileNotFoundError,
+                           ["metadata.csv", "row 5", "missing image", "nope.png", "on_bad='skip'"]),
+    'a listed group with no image': (dict(_kw=dict(groups=['g', 'h', 'k'])), ValueError,
+                                     ["metadata.csv", "group(s) ['k'] have no images", "expected every group"]),
+    'bad on_bad option': (dict(_kw=dict(on_bad='ignore')), ValueError, ["on_bad='ignore'", "expected 'raise' or 'skip'"]),
+    'bad check option': (dict(_kw=dict(check='full')), ValueError, ["check='full'", "expected 'none', 'exists' or 'decode'"]),
+}
+
+@pytest.mark.parametrize('case', list(DATASET_CASES))
+def test_dataset_csv(tmp_path, case):
+    cols, exc, frags = DATASET_CASES[case]
+    cols = dict(cols); kw = cols.pop('_kw', {})
+    root = _csv_dataset(tmp_path, **cols)
+    _check(lambda: get_dataset('csv', root, **kw), exc, *frags)
+
+def test_dataset_unreadable_image_error_then_counted_skip(tmp_path):
+    "A corrupt image: an error naming row and file; with on_bad='skip' (the user asked) it is dropped AND counted"
+    root = _csv_dataset(tmp_path)
+    (root/'im'/'3.png').write_bytes(b'\x89PNG\r\n\x1a\n garbage')
+    _check(lambda: get_dataset('csv', root, check='decode'), FileNotFoundError, "metadata.csv", "row 5", "unreadable image", "3.png")
+    ds = get_dataset('csv', root, check='decode', on_bad='skip')
+    assert ds.report == {'skipped: unreadable image': 1} and len(ds) == 5
+
+def test_dataset_missing_image_counted_skip(tmp_path):
+    root = _csv_dataset(tmp_path, path=['im/0.png', 'im/1.png', 'im/2.png', 'im/x.png', 'im/4.png', 'im/y.png'])
+    ds = get_dataset('csv', root, on_bad='skip')
+    assert ds.report == {'skipped: missing image': 2} and len(ds) == 4 and 'im/x.png' not in set(ds.table.path)
+
+def test_dataset_image_truncated(tmp_path):
+    p = tmp_path/'t.png'; _png(p, 32); p.write_bytes(p.read_bytes()[:40])
+    _check(lambda: read_image(p), ValueError, str(p), "not a readable image")
+
+def test_dataset_zero_byte_csv(tmp_path):
+    root = _csv_dataset(tmp_path); (root/'metadata.csv').write_text('')
+    _check(lambda: get_dataset('csv', root), ValueError, "metadata.csv", "file is empty")
+
+def test_dataset_header_only_csv(tmp_path):
+    root = _csv_dataset(tmp_path); (root/'metadata.csv').write_text('path,label,group,split\n')
+    _check(lambda: get_dataset('csv', root), ValueError, "metadata.csv", "no images left to load")
+
+def test_dataset_bad_split_fractions(tmp_path):
+    _check(lambda: make_splits(pd.DataFrame(dict(group=[0, 1], label=[0, 1])), (0.7, 0.2, 0.2)), ValueError,
+           "fractions=(0.7, 0.2, 0.2)", "summing to 1")
+
+def test_dataset_synthetic_root_made_with_other_options(tmp_path):
+    "Issue item 5's sibling: a folder holding a dataset generated with other options is refused, not reused"
+    load_synthetic(tmp_path/'s', n=30, seed=1)
+    _check(lambda: load_synthetic(tmp_path/'s', n=50, seed=1), ValueError, str(tmp_path/'s'), "'n': 30", "not the requested", "'n': 50")
+
+def test_dataset_root_parent_is_a_file(tmp_path):
+    "Issue item 6: a parent folder that is a file: the error names the path the user gave"
+    (tmp_path/'f').write_text('x')
+    _check(lambda: load_synthetic(tmp_path/'f'/'s', n=20), (FileExistsError, NotADirectoryError, ValueError, OSError), str(tmp_path/'f'))
+
+def _tar(path, members):
+    with tarfile.open(path, 'w') as t:
+        for name, kind, target in members:
+            ti = tarfile.TarInfo(name)
+            if kind == 'file': data = b'x'; ti.size = 1; t.addfile(ti, io.BytesIO(data))
+            else: ti.type, ti.linkname = tarfile.SYMTYPE, target; t.addfile(ti)
+    return path
+
+def test_archive_dotdot_member(tmp_path):
+    a = _tar(tmp_path/'a.tar', [('../evil.txt', 'file', None)])
+    _check(lambda: check_archive(a), ValueError, str(a), "member '../evil.txt'", "'..' in path", "nothing was written")
+
+def test_archive_link_escaping_through_second_link(tmp_path):
+    "Issue item 6: a link that escapes only through another link in the archive (the standard library's data filter catches it)"
+    a = _tar(tmp_path/'a.tar', [('d/l1', 'sym', '.'), ('d/l2', 'sym', 'l1/../..'), ('d/ok', 'file', None)])
+    _check(lambda: check_archive(a), ValueError, str(a), "member 'd/l2'", "runs through another link")
+
+def test_archive_truncated(tmp_path):
+    "Issue item 6: a truncated tar names the file"
+    a = _tar(tmp_path/'a.tar', [(f'f{i}.txt', 'file', None) for i in range(40)])
+    a.write_bytes(a.read_bytes()[:1500])
+    _check(lambda: safe_extract(a, tmp_path/'out'), ValueError, str(a), "ends after 1 member(s) without its end-of-archive marker; truncated")
+    assert not any((tmp_path/'out').iterdir()) if (tmp_path/'out').exists() else True
+
+def test_archive_name_clash_moves_nothing(tmp_path):
+    "Issue item 6: on a name clash nothing of the archive is moved in (no half-extracted destination)"
+    a = _tar(tmp_path/'a.tar', [('a.txt', 'file', None), ('b.txt', 'file', None)])
+    out = tmp_path/'out'; out.mkdir(); (out/'b.txt').write_text('mine')
+    _check(lambda: safe_extract(a, out), FileExistsError, str(out), "already holds ['b.txt']", "nothing was moved in")
+    assert sorted(p.name for p in out.iterdir()) == ['b.txt'] and (out/'b.txt').read_text() == 'mine'
+
+def test_stage_dataset_edited_by_hand(tmp_path, run):
+    r = tmp_path/'r'; shutil.copytree(run/'00_datasets', r/'00_datasets')
+    t = pd.read_csv(r/'00_datasets'/'images.csv'); t.loc[3, 'label'] = (t.loc[3, 'label'] + 1) % 5
+    t.to_csv(r/'00_datasets'/'images.csv', index=False)
+    _check(lambda: open_stage_dataset(r), ValueError, "images.csv", "does not match the hash recorded", "dataset.json")
+
+# ------------------------------------------------------------------------------------------------------ checkpoints
+def _copy_ck(ck_files, tmp):
+    w, j = (tmp/p.name for p in ck_files)
+    shutil.copy(ck_files[0], w); shutil.copy(ck_files[1], j)
+    return w, j
+
+def test_checkpoint_truncated(tmp_path, ck_files):
+    w, _ = _copy_ck(ck_files, tmp_path); w.write_bytes(w.read_bytes()[:3000])
+    _check(lambda: load_checkpoint(w), ValueError, str(w), "not a readable safetensors file", "truncated")
+
+def test_checkpoint_zero_bytes(tmp_path, ck_files):
+    w, _ = _copy_ck(ck_files, tmp_path); w.write_bytes(b'')
+    _check(lambda: load_checkpoint(w), ValueError, str(w), "not a readable safetensors file")
+
+def test_checkpoint_missing(tmp_path):
+    _check(lambda: load_checkpoint(tmp_path/'nope.safetensors'), FileNotFoundError, "nope.safetensors", "not found")
+
+def test_checkpoint_sidecar_missing_key(tmp_path, ck_files):
+    w, j = _copy_ck(ck_files, tmp_path); m = json.loads(j.read_text()); del m['classes']; j.write_text(json.dumps(m))
+    _check(lambda: load_checkpoint(w), ValueError, str(j), "classes = None differs from what", "does not match the weights")
+
+def test_checkpoint_sidecar_not_json(tmp_path, ck_files):
+    w, j = _copy_ck(ck_files, tmp_path); j.write_text('{"classes": [')
+    _check(lambda: load_checkpoint(w), ValueError, str(j), "not valid JSON")
+
+def test_checkpoint_sidecar_sha_mismatch(tmp_path, ck_files):
+    w, j = _copy_ck(ck_files, tmp_path); m = json.loads(j.read_text()); m['weights']['sha256'] = '0'*64; j.write_text(json.dumps(m))
+    _check(lambda: load_checkpoint(w), ValueError, str(w), "SHA-256 differs", j.name)
+
+def test_checkpoint_plain_weights(tmp_path):
+    from safetensors.torch import save_file
+    p = tmp_path/'plain.safetensors'; save_file({'w': torch.zeros(2)}, str(p))
+    _check(lambda: load_checkpoint(p), ValueError, str(p), "not a FairQuant checkpoint", "load_pretrained")
+
+def test_checkpoint_classes_differ_from_data(ck, ds):
+    other = type(ds)(ds.name, ds.root, list(reversed(ds.classes)), ds.groups, ds.table)
+    _check(lambda: imp.check_names(ck, other), ValueError, str(ck.path), "checkpoint classes", "differ from the dataset's classes",
+           "not trained on this dataset")
+
+# ------------------------------------------------------------------------------------------------ importance (20)
+def _maps(G=2):
+    return {'conv.weight': torch.rand(G, 3, 2, 1, 1), 'fc.weight': torch.rand(G, 4, 3)}
+
+def test_importance_file_truncated(tmp_path):
+    p = imp.save_importance(_maps(), tmp_path/'i.safetensors', **{k: 0 for k in imp.IMPORTANCE_META}
+                            | dict(groups=['a', 'b'], classes=['x']))
+    p.write_bytes(p.read_bytes()[:200])
+    _check(lambda: imp.load_importance(p), ValueError, str(p), "truncated or not an importance file")
+
+def test_importance_file_not_ours(tmp_path):
+    from safetensors.torch import save_file
+    p = tmp_path/'i.safetensors'; save_file({'w': torch.zeros(2, 3)}, str(p))
+    _check(lambda: imp.load_importance(p), ValueError, str(p), "not a FairQuant importance file")
+
+def test_importance_layers_differ_from_model(tmp_path, ck):
+    p = imp.save_importance(_maps(), tmp_path/'i.safetensors', **{k: 0 for k in imp.IMPORTANCE_META}
+                            | dict(groups=['light', 'dark'], classes=list(ck.classes), checkpoint_sha256=None))
+    _check(lambda: mp.load_scores(p, mp.get_config('fq_qat'), ck.model, ['light', 'dark']), ValueError, str(p),
+           "its layers differ from the model's", "missing ['conv1.weight'", "unexpected ['conv.weight']")
+
+def test_importance_groups_differ_from_data(tmp_path, ck):
+    layers = {k: mp.weight_shape(m) for k, m in mp.quant_layers(ck.model).items()}
+    maps = {k: torch.rand(2, *s) for k, s in layers.items()}
+    p = imp.save_importance(maps, tmp_path/'i.safetensors', **{k: 0 for k in imp.IMPORTANCE_META}
+                            | dict(groups=['dark', 'light'], classes=list(ck.classes), checkpoint_sha256=None))
+    _check(lambda: mp.load_scores(p, mp.get_config('fq_qat'), ck.model, ['light', 'dark']), ValueError, str(p),
+           "groups ['dark', 'light'] differ from the dataset's ['light', 'dark']")
+
+def test_importance_unknown_reducer():
+    _check(lambda: imp.reduce_importance(_maps(), 'median'), KeyError, "unknown reducer 'median'", "known: balanced, cvar, max, mean, subtractive")
+
+def test_importance_subtractive_three_groups():
+    _check(lambda: imp.reduce_importance(_maps(3), 'subtractive', unprivileged=0, groups=['a', 'b', 'c']), ValueError,
+           "subtractive needs exactly 2 groups, found 3 (0: a, 1: b, 2: c)")
+
+def test_importance_subtractive_without_unprivileged():
+    _check(lambda: imp.reduce_importance(_maps(2), 'subtractive', groups=['a', 'b']), ValueError, "unprivileged", "(0 or 1)", "got None")
+
+def test_importance_cvar_alpha_zero():
+    _check(lambda: imp.reduce_importance(_maps(), 'cvar', alpha=0), ValueError, "cvar: alpha=0", "(0, 1]")
+
+def test_importance_unknown_metric(ck, ds):
+    _check(lambda: imp.group_importance(ck.model, [], 'fisher'), KeyError, "unknown importance metric 'fisher'", "known:")
+
+def test_importance_calibration_on_test_split(ds):
+    _check(lambda: imp.calibration_batches(ds, 'test'), ValueError, "split='test' is refused", "'train' or 'val'")
+
+def test_importance_group_without_calibration_images(tmp_path, ck, ds):
+    "A group absent from the calibration sample would get an all-zero map: 'no weight matters to it'. Refused."
+    t = ds.table.copy(); t = t[~((t.split == 'train') & (t.group == 1))].reset_index(drop=True)
+    thin = type(ds)(ds.name, ds.root, ds.classes, ds.groups, t, ds.options)
+    _check(lambda: imp.importance_for_checkpoint(ck, thin, tmp_path/'imp', ['gradient'], 'train', 1, 8), ValueError,
+           "group(s) ['dark']", "no calibration image", "split 'train'")
+    assert not (tmp_path/'imp').exists()
+
+# ------------------------------------------------------------------------------------------- quantization config (30)
+_BMAPS = {'a.weight': torch.rand(4, 3), 'b.weight': torch.rand(6, 3)}
+
+@pytest.mark.parametrize('bits,levels,frag', [
+    ((2, 4, 8), (0.5, 0.5), "levels=[0.5, 0.5] has 2 shares but bits=[2, 4, 8] has 3"),
+    ((-1, 4, 8), (0.2, 0.4, 0.4), "[-1] outside 0..16"),
+    ((2, 4, 32), (0.2, 0.4, 0.4), "[32] outside 0..16"),
+    ((2, 4, 4), (0.2, 0.4, 0.4), "repeated bit width"),
+    ((2, 4.5, 8), (0.2, 0.4, 0.4), "whole numbers"),
+    ((2, 4, 8), (0.5, -0.1, 0.6), "shares must be finite and >= 0"),
+    ((2, 4, 8), (0, 0, 0), "the shares sum to 0"),
+], ids=['levels-length', 'negative-bit', 'bit-32', 'repeated-bit', 'fractional-bit', 'negative-share', 'zero-shares'])
+def test_quant_levels_and_bits(bits, levels, frag):
+    _check(lambda: mp.assign_bits(_BMAPS, 'per_channel', bits, levels), ValueError, frag)
+
+def test_quant_levels_not_summing_warns_loudly():
+    "Documented contract (issue 30): normalised, with a warning naming the option and the shares used. Not silent."
+    with pytest.warns(UserWarning, match=r"levels=\[0.5, 0.6\] sum to 1.1, not 1: normalised to \[0.454545, 0.545455\]"):
+        mp.assign_bits(_BMAPS, 'per_channel', (4, 8), (0.5, 0.6))
+
+def test_quant_unknown_granularity():
+    _check(lambda: mp.assign_bits(_BMAPS, 'per_row'), ValueError, "granularity='per_row'", "expected one of ('per_tensor', 'per_channel', 'per_param')")
+
+def test_quant_unknown_config():
+    _check(lambda: mp.get_config('fq_qta'), KeyError, "unknown quantization configuration 'fq_qta'", "known:", "fq_qat")
+
+def test_quant_unknown_config_field():
+    _check(lambda: mp.get_config('fq_qat', lamda=1), ValueError, "config 'fq_qat'", "unknown field(s) ['lamda']")
+
+def test_quant_budget_outside_range():
+    _check(lambda: mp.budget_levels((2, 4, 8), 9.0), ValueError, "avg_bits=9.0", "outside the bit widths' range 2..8")
+
+@pytest.mark.parametrize('target', [40, 9.0, 1.0, float('nan')])
+def test_quant_budget_target_out_of_range(target):
+    "Was silent for per_channel/per_tensor: 40 gave every unit 8 bits, NaN gave every unit 2 bits"
+    _check(lambda: mp.budget_assign(_BMAPS, 'per_channel', (2, 4, 8), target=target), ValueError, f"target={target}",
+           "within the bit widths' range 2..8")
+
+def test_quant_bits_for_unknown_weight(ck):
+    m = load_checkpoint(ck.path).model
+    _check(lambda: mp.quantize_model(m, {'head.weightt': torch.tensor([4])}, 'per_tensor'), KeyError,
+           "['head.weightt'] are not Conv2d/Linear weights")
+
+def test_quant_bits_wrong_shape(ck):
+    m = load_checkpoint(ck.path).model; name, layer = next(iter(mp.quant_layers(m).items()))
+    _check(lambda: mp.quantize_model(m, {name: torch.full((3,), 4)}, 'per_channel'), ValueError, "bits of shape (3,)",
+           f"expected ({mp.weight_shape(layer)[0]},)")
+
+def test_quant_non_finite_scores():
+    bad = dict(_BMAPS, **{'b.weight': torch.full((6, 3), float('nan'))})
+    _check(lambda: mp.budget_assign(bad, 'per_channel'), ValueError, "scores['b.weight']", "non-finite", "must be finite")
+
+def test_quant_settings_negative_epochs():
+    _check(lambda: mp.StageSettings(epochs=-1), ValueError, "StageSettings.epochs=-1", "too small")
+
+def test_quant_report_split_without_a_group(run, ds):
+    "A group with no test image would silently leave the worst-group accuracy and the gap; refused before any work"
+    t = ds.table.copy(); t = t[~((t.split == 'test') & (t.group == 1))].reset_index(drop=True)
+    thin = type(ds)(ds.name, ds.root, ds.classes, ds.groups, t, ds.options)
+    row = mp.stage_checkpoints(run)[0]
+    _check(lambda: mp.run_config(run, row, 'fp32', mp.StageSettings(epochs=0), thin, progress=False), ValueError,
+           "test split has no images of group(s) ['dark']", "worst-group")
+
+def test_group_metrics_missing_group_is_visible():
+    "group_metrics keeps an absent group as NaN with n = 0 (it is not silently renamed into a worst-group value)"
+    m = group_metrics([0, 1, 0], [0, 0, 0], [0, 1, 1], ['a', 'b'])
+    assert m['group_n'] == {'a': 3, 'b': 0} and np.isnan(m['group_acc']['b']) and m['missing_groups'] == ['b']
+
+# ------------------------------------------------------------------------------------------------------ ONNX (40/50)
+@pytest.fixture(scope='module')
+def onnx_file(ck, tmp_path_factory):
+    from fairquant.onnx_int8 import export_onnx
+    p = tmp_path_factory.mktemp('onnx')/'m.onnx'
+    return export_onnx(ck.model, p, ck.classes, ck.groups, ck.data_config)
+
+def test_onnx_truncated(tmp_path, onnx_file):
+    from fairquant.onnx_int8 import read_onnx_meta
+    p = tmp_path/'t.onnx'; p.write_bytes(onnx_file.read_bytes()[:5000])
+    _check(lambda: read_onnx_meta(p), ValueError, str(p), "not a valid ONNX model", "truncated")
+
+def test_onnx_without_metadata(tmp_path, onnx_file):
+    import onnx
+    from fairquant.onnx_int8 import read_onnx_meta
+    m = onnx.load(str(onnx_file)); del m.metadata_props[:]; p = tmp_path/'plain.onnx'; onnx.save(m, str(p))
+    _check(lambda: read_onnx_meta(p), ValueError, str(p), "no FairQuant metadata", "pass classes=, groups= and data_config=")
+
+def test_onnx_classes_disagree_with_data(tmp_path, onnx_file, ds):
+    import onnx
+    from fairquant.validation import load_predictor, check_names
+    m = onnx.load(str(onnx_file))
+    for p in m.metadata_props:
+        if p.key == 'classes': p.value = json.dumps(list(reversed(json.loads(p.value))))
+    f = tmp_path/'swapped.onnx'; onnx.save(m, str(f))
+    _check(lambda: check_names(load_predictor(f), ds), ValueError, str(f), "class names", "differ from the dataset's",
+           "same names, another order")
+
+def test_onnx_classes_given_disagree_with_metadata(onnx_file, ds):
+    from fairquant.onnx_int8 import read_onnx_meta
+    _check(lambda: read_onnx_meta(onnx_file, classes=['x'] * 5), ValueError, str(onnx_file), "classes ['x', 'x', 'x', 'x', 'x'] differ from the model's metadata")
+
+# -------------------------------------------------------------------------------------------- per-image CSVs (60)
+def _pred_csv(tmp, name='p.csv', n=6, **cols):
+    "A valid per-image CSV in our schema (`predictions_table`), then columns replaced / dropped"
+    probs = np.tile([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], (n // 2, 1))
+    t = predictions_table([f'i{k}' for k in range(n)], ['g', 'h'] * (n // 2), [0, 1] * (n // 2), probs, ['a', 'b', 'c'])
+    for k, v in cols.items():
+        if v is None: t = t.drop(columns=k)
+        else: t[k] = v
+    t.to_csv(tmp/name, index=False)
+    return tmp/name
+
+_P5 = lambda first: [first] + ["[0.8, 0.1, 0.1]", "[0.7, 0.2, 0.1]"] * 2 + ["[0.8, 0.1, 0.1]"]   # row 0 replaced
+_T5 = lambda first: [first] + ["['b', 'a', 'c']", "['a', 'b', 'c']"] * 2 + ["['b', 'a', 'c']"]
+
+PRED_CASES = {
+    'missing top5_preds': (dict(top5_preds=None), ["missing column(s) ['top5_preds']"]),
+    'missing true_label': (dict(true_label=None), ["missing column(s) ['true_label']"]),
+    'no confidence column': (dict(top1_prob=None, confidence=None, top5_probs=None), ["missing a confidence column"]),
+    'NaN top1_prob': (dict(top1_prob=[0.7, np.nan, 0.7, 0.8, 0.7, 0.8]), ["column 'top1_prob'", "row 1 (line 3)", "expected a probability in [0, 1]"]),
+    'prob above 1': (dict(top1_prob=[0.7, 1.5, 0.7, 0.8, 0.7, 0.8]), ["column 'top1_prob'", "row 1 (line 3)", "expected a probability in [0, 1], got 1.5"]),
+    'top5_probs sum above 1': (dict(top5_probs=_P5("[0.7, 0.6, 0.1]")), ["column 'top5_probs'", "row 0 (line 2)", "sum to 1.4", "at most 1"]),
+    'top5_probs not descending': (dict(top5_probs=_P5("[0.7, 0.1, 0.2]")), ["column 'top5_probs'", "row 0 (line 2)", "not in descending order"]),
+    'top5_probs length differs from top5_preds': (dict(top5_probs=["[0.7, 0.2]"] * 6), ["column 'top5_probs'", "row 0 (line 2)", "2 probabilities for 3 classes in top5_preds"]),
+    'top1_prob differs from top5_probs[0]': (dict(top1_prob=[0.7, 0.8, 0.7, 0.8, 0.7, 0.3]), ["top1_prob differs from the first entry of top5_probs at row 5 (line 7): 0.3 vs 0.8"]),
+    'unknown class name': (dict(true_label=['a', 'b', 'a', 'zz', 'a', 'b']), ["column 'true_label'", "row 3 (line 5)", "unknown label 'zz'", "class_names are ['a', 'b', 'c']"]),
+    'duplicate class in top5': (dict(top5_preds=_T5("['a', 'a', 'c']")),
+                                ["column 'top5_preds'", "row 0 (line 2)", "lists class 'a' twice"]),
+    'unparsable top5 list': (dict(top5_preds=_T5("['a', 'b'")),
+                             ["column 'top5_preds'", "row 0 (line 2)", "expected a non-empty list"]),
+    'top1_pred disagrees with top5': (dict(top1_pred=['a', 'b', 'a', 'b', 'a', 'a']), ["top1_pred differs from the first entry of top5_preds", "row 5 (line 7)"]),
+    'integer label out of range': (dict(true_label=[0, 1, 0, 9, 0, 1]), ["column 'true_label'", "row 3 (line 5)", "integer label 9 is outside 0..2"]),
+    'missing group value': (dict(group=['g', None, 'g', 'h', 'g', 'h']), ["column 'group'", "row 1 (line 3)", "missing group"]),
+    'missing image_id value': (dict(image_id=['i0', None, 'i2', 'i3', 'i4', 'i5']), ["column 'image_id'", "row 1 (line 3)", "missing image_id"]),
+    'duplicate image_id': (dict(image_id=['i0', 'i1', 'i2', 'i2', 'i4', 'i5']), ["image_id 'i2' appears more than once"]),
+}
+
+@pytest.mark.parametrize('case', list(PRED_CASES))
+def test_pred_csv(tmp_path, case):
+    cols, frags = PRED_CASES[case]
+    p = _pred_csv(tmp_path, **cols)
+    _check(lambda: read_runs([p], ['m'], ['a', 'b', 'c']), ValueError, str(p), *frags)
+
+def test_pred_csv_header_only(tmp_path):
+    p = _pred_csv(tmp_path); p.write_text(p.read_text().splitlines()[0] + '\n')
+    _check(lambda: read_runs([p], ['m'], ['a', 'b', 'c']), ValueError, str(p), "has a header but no rows")
+
+def test_pred_csv_ids_differ_across_paired_runs(tmp_path):
+    a = _pred_csv(tmp_path, 'a.csv'); b = _pred_csv(tmp_path, 'b.csv', image_id=['i0', 'i1', 'i2', 'i3', 'i4', 'j5'])
+    _check(lambda: read_runs([a, b], None, ['a', 'b', 'c']), ValueError, str(a), str(b), "different images", "['i5']", "['j5']")
+
+def test_pred_csv_ids_in_some_files_only(tmp_path):
+    "Issue item 2: ids in one file, not in the other: never paired by position silently"
+    a = _pred_csv(tmp_path, 'a.csv'); b = _pred_csv(tmp_path, 'b.csv', image_id=None)
+    _check(lambda: read_runs([a, b], None, ['a', 'b', 'c']), ValueError, "image_id is in", str(a), "but not in", str(b))
+    _check(lambda: read_runs([a, b], None, ['a', 'b', 'c'], pair_by='position'), ValueError, "image_id is in", "cannot pair these runs by image")
+
+def test_pred_csv_digit_class_names(tmp_path):
+    "Issue item 1: integers that could be indices or names are refused unless the user says which"
+    pd.DataFrame(dict(image_id=['i0', 'i1'], true_label=[1, 2], top1_prob=.9, top5_preds=["['1','3']", "['2','3']"])).to_csv(tmp_path/'p.csv', index=False)
+    _check(lambda: read_runs([tmp_path/'p.csv'], ['m'], ['1', '2', '3']), ValueError, str(tmp_path/'p.csv'), "column 'true_label'",
+           "holds integers", "pass int_labels='index' or int_labels='name'")
+    assert analyse(read_runs([tmp_path/'p.csv'], ['m'], ['1', '2', '3'], int_labels='name'), n_boot=0).summary.top1.iloc[0] == 100.0
+
+def test_pred_csv_run_names_count(tmp_path):
+    p = _pred_csv(tmp_path)
+    _check(lambda: read_runs([p], ['m', 'n'], ['a', 'b', 'c']), ValueError, "run_names has 2 name(s) for 1 file(s)")
+
+def test_pred_csv_glob_matches_nothing(tmp_path):
+    _check(lambda: read_runs(str(tmp_path/'*.csv')), FileNotFoundError, "csv_paths", "matches no file")
+
+# --------------------------------------------------------------------------------------------------- CLI arguments
+def _run_cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, 'argv', ['fairquant-run', *args])
+    with pytest.raises(SystemExit) as e: run_pipeline_cli()
+    return e.value.code, capsys.readouterr().err
+
+@pytest.mark.parametrize('args,frag', [
+    (['--stages', ','], "expected comma-separated stage names"),
+    (['--stages', '00_datasets', '--set', '10_finetune_vit_swin.epochs'], "expected STAGE.NAME=VALUE"),
+    (['--stages', '00_datasets,15_typo'], "unknown stage(s) ['15_typo']"),
+    (['--stages', '10_finetune_vit_swin,00_datasets'], "in pipeline order"),
+    (['--stages', '00_datasets', '--set', '00_datasets.optoins={}'], "unknown parameter(s) ['optoins']"),
+    (['--stages', '00_datasets', '--preset', 'huge'], "invalid choice: 'huge'"),
+    (['--stages', '00_datasets,10_finetune_vit_swin', '--set', '10_finetune_vit_swin.epochs=3x'],
+     "10_finetune_vit_swin: parameter epochs='3x' is a str; expected int (its default is 2)"),
+], ids=['empty-stages', 'set-without-eq', 'unknown-stage-after-valid', 'out-of-order', 'unknown-param', 'unknown-preset', 'wrong-type-value'])
+def test_cli_fairquant_run(tmp_path, monkeypatch, capsys, args, frag):
+    "Issue item 4: every argument is validated before anything runs (exit 2, no run folder made)"
+    code, err = _run_cli(monkeypatch, capsys, *args, '--run_dir', str(tmp_path/'r'))
+    assert code == 2 and frag in err, err
+    assert not (tmp_path/'r').exists()
+
+def test_cli_finetune_typo_run_dir(tmp_path):
+    "Issue item 3: a run folder without 00_datasets is refused (no synthetic data is generated, nothing trains)"
+    _check(lambda: train_cli(['--run_dir', str(tmp_path/'runs'/'typo'), '--model', 'vit_mini']), FileNotFoundError,
+           str(tmp_path/'runs'/'typo'), "run folder not found")
+    assert not (tmp_path/'runs'/'typo').exists()
+
+def test_cli_finetune_run_dir_without_datasets(tmp_path):
+    "An existing run folder without 00_datasets: refused, naming the missing file and the stage that makes it"
+    _check(lambda: train_cli(['--run_dir', str(tmp_path), '--model', 'vit_mini']), FileNotFoundError,
+           "no output of stage 00_datasets", "dataset.json", "run 00_datasets on this run folder first")
+    assert not (tmp_path/'00_datasets').exists()
+
+def test_cli_finetune_bad_number(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e: train_cli(['--run_dir', str(tmp_path), '--model', 'vit_mini', '--epochs', 'two'])
+    assert e.value.code == 2 and "--epochs: invalid int value: 'two'" in capsys.readouterr().err
+
+# ------------------------------------------------------------------------------------------------------ stage order
+def test_order_importance_without_finetune(tmp_path, run):
+    r = tmp_path/'r'; shutil.copytree(run/'00_datasets', r/'00_datasets')
+    _check(lambda: imp.run_importance(r, ['gradient']), FileNotFoundError, "no output of stage 10_finetune_vit_swin", "checkpoints.json",
+           "needed by 20_importance")
+
+def test_order_importance_without_datasets(tmp_path, run):
+    r = tmp_path/'r'; shutil.copytree(run/'10_finetune_vit_swin', r/'10_finetune_vit_swin')
+    _check(lambda: imp.run_importance(r, ['gradient']), FileNotFoundError, "no output of stage 00_datasets", "needed by 20_importance")
+
+def test_order_mixed_without_finetune(tmp_path):
+    (tmp_path/'r').mkdir()
+    _check(lambda: mp.stage_checkpoints(tmp_path/'r'), FileNotFoundError, "no output of stage 10_finetune_vit_swin", "needed by 30_mixed_precision")
+
+def test_order_mixed_without_importance(tmp_path, run):
+    r = tmp_path/'r'; shutil.copytree(run, r)
+    row = mp.stage_checkpoints(r)[0]
+    _check(lambda: mp.run_config(r, row, 'fq_qat', mp.StageSettings(epochs=0), progress=False), FileNotFoundError,
+           "no output of stage 20_importance", "importance-grape.safetensors", "needed by 30_mixed_precision (fq_qat)")
+
+def test_order_validation_without_datasets(tmp_path):
+    from fairquant.validation import find_models
+    (tmp_path/'r').mkdir()
+    _check(lambda: find_models(tmp_path/'r'), FileNotFoundError, "no output of stage 00_datasets", "needed by 50_validation")
+
+def test_order_typo_run_folder(tmp_path):
+    _check(lambda: open_stage_dataset(tmp_path/'typo'), FileNotFoundError, str(tmp_path/'typo'), "run folder not found")
+
+# ------------------------------------------------------------------- 50_validation: a split or table without a group
+
+def test_validation_split_without_a_group(ds, ck):
+    from fairquant.validation import validate
+    t = ds.table[~((ds.table.split == 'test') & (ds.table.group == 1))].reset_index(drop=True)
+    thin = type(ds)(ds.name, ds.root, ds.classes, ds.groups, t, ds.options)
+    _check(lambda: validate(ck.path, thin, 'test', None, progress=False), ValueError, "no images of group(s) ['dark']")
+
+def test_validation_group_table_with_missing_group():
+    from fairquant.validation import group_table
+    e = dict(run='r', precision='fp32', baseline=None, n=10, n_split=10, acc=.8, group_acc={'light': .9, 'dark': float('nan')}, worst_group_acc=.9)
+    _check(lambda: group_table([e], ['light', 'dark']), ValueError, "r", "no accuracy for group(s) ['dark']")
