@@ -4,15 +4,16 @@
 
 # %% ../nbs/40_onnx_int8.ipynb #a03fa4ce
 from __future__ import annotations
-import os, re, json, shutil, hashlib, logging, tempfile, warnings, contextlib, time
+import os, re, json, math, copy, shutil, hashlib, logging, tempfile, warnings, contextlib, time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+import ml_dtypes
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper, version_converter
 import onnxruntime as ort
 from onnxruntime.quantization import (quantize_static, quantize_dynamic, quant_pre_process, QuantFormat, QuantType,
                                       CalibrationMethod)
@@ -27,17 +28,20 @@ from .finetune import load_checkpoint, group_metrics
 # %% auto #0
 __all__ = ['ONNX_FORMAT', 'META_KEYS', 'PRECISIONS', 'INPUT_NAME', 'OUTPUT_NAME', 'CALIB_STRATEGIES', 'CALIB_SPLITS',
            'MANIFEST_COLUMNS', 'QUANT_OPTIONS', 'TRANSFORMER_OPS', 'CNN_DYNAMIC_OPS', 'PRE_PROCESS_TRIES',
-           'FLOAT_WEIGHT_OPS', 'onnx_meta', 'set_onnx_meta', 'load_onnx', 'read_onnx_meta', 'onnx_session', 'run_onnx',
-           'plain_attention', 'export_onnx', 'check_onnx', 'select_calibration', 'extract_calibration',
-           'read_calibration', 'calibration_mix', 'CalibReader', 'calibration_batches', 'activation_matmuls',
-           'model_kind', 'SlowQuantWarning', 'quant_recipe', 'fold_matmul_bias', 'preprocess_onnx', 'quantize_int8',
-           'optimized_graph', 'float_weight_ops', 'convert_checkpoint', 'write_models_index', 'time_sessions',
-           'split_images', 'compare_models', 'plot_group_accuracy']
+           'FLOAT_WEIGHT_OPS', 'MIXED_MODES', 'MIXED_OPSET', 'CONTAINERS', 'onnx_meta', 'set_onnx_meta', 'load_onnx',
+           'read_onnx_meta', 'onnx_session', 'run_onnx', 'plain_attention', 'export_onnx', 'check_onnx',
+           'select_calibration', 'extract_calibration', 'read_calibration', 'calibration_mix', 'CalibReader',
+           'calibration_batches', 'activation_matmuls', 'model_kind', 'SlowQuantWarning', 'quant_recipe',
+           'fold_matmul_bias', 'preprocess_onnx', 'quantize_int8', 'optimized_graph', 'float_weight_ops',
+           'convert_checkpoint', 'write_models_index', 'time_sessions', 'split_images', 'compare_models',
+           'plot_group_accuracy', 'container_bits', 'channel_bits', 'layer_integers', 'find_weights', 'plain_copy',
+           'export_marked', 'weight_nodes', 'bits_sha256', 'bit_assignment', 'theory_bytes', 'mixed_size_report',
+           'export_mixed', 'fold_weights', 'load_session', 'read_mixed_weights', 'mixed_runs', 'convert_mixed_run']
 
 # %% ../nbs/40_onnx_int8.ipynb #cd8fd71f
 ONNX_FORMAT = 'fairquant-onnx/1'
 META_KEYS = ('fairquant_format', 'classes', 'groups', 'data_config', 'source_checkpoint', 'source_sha256', 'precision', 'quantization')
-PRECISIONS = ('fp32', 'int8-static', 'int8-dynamic')
+PRECISIONS = ('fp32', 'int8-static', 'int8-dynamic', 'mixed-weights_only', 'mixed-int8_activations')
 INPUT_NAME, OUTPUT_NAME = 'input', 'logits'
 
 def onnx_meta(classes:Sequence[str], groups:Sequence[str], # output names and group names, in index order
@@ -79,7 +83,8 @@ def _parse_meta(props:dict, path)->dict:
     missing = [k for k in META_KEYS if k not in props]
     if missing: raise ValueError(f"{path}: FairQuant metadata lacks {missing}")
     out = dict(props)
-    for k in ('classes', 'groups', 'data_config', 'quantization'):
+    for k in ('classes', 'groups', 'data_config', 'quantization', 'bit_assignment'):
+        if k not in props: continue           # bit_assignment: mixed-precision files only
         try: out[k] = json.loads(props[k])
         except json.JSONDecodeError: raise ValueError(f"{path}: metadata {k!r} is not valid JSON: {props[k][:80]!r}") from None
     return out
@@ -573,14 +578,14 @@ def split_images(ds:GroupDataset, split:str, data_config:dict, n:int=None)->np.n
 def compare_models(stage, # the 40_onnx_int8 folder with models.json
                    ds:GroupDataset, split:str='test', # the images to compare on, preprocessed per model (its metadata)
                    threads:int=2, batch_size:int=32, repeats:int=3)->pd.DataFrame:
-    "Per model: agreement with its FP32 baseline, accuracy, worst-group accuracy, size and latency on `split`"
+    "Per model: agreement with its FP32 baseline, accuracy, worst-group accuracy, size and latency on `split` (sessions from `load_session`)"
     idx, stage, t = load_json(Path(stage)/'models.json')['models'], Path(stage), ds.split(split)
     sess, xs, cache = {}, {}, {}
     for r in idx:
         dc = read_onnx_meta(stage/r['file'], classes=ds.classes, groups=ds.groups)['data_config']
         key = json.dumps(dc, sort_keys=True)
         if key not in cache: cache[key] = split_images(ds, split, dc)
-        sess[r['run']], xs[r['run']] = onnx_session(stage/r['file'], threads), cache[key]
+        sess[r['run']], xs[r['run']] = load_session(stage/r['file'], threads), cache[key]
     pred = {k: run_onnx(s, xs[k], batch_size).argmax(1) for k, s in sess.items()}
     sec = time_sessions(sess, {k: np.ascontiguousarray(x[:batch_size]) for k, x in xs.items()}, repeats)
     rows = []
@@ -608,3 +613,445 @@ def plot_group_accuracy(table:pd.DataFrame, # from `compare_models`
            title='accuracy per group: FP32 and INT8')
     ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1.01, 0.5))
     return ax
+
+# %% ../nbs/40_onnx_int8.ipynb #1ff6bf89
+MIXED_MODES = ('weights_only', 'int8_activations')
+MIXED_OPSET = 25          # INT2 initializers need opset >= 25 in onnxruntime 1.32
+CONTAINERS = {2: 'INT2', 4: 'INT4', 8: 'INT8', 16: 'INT16'}   # bits of the container -> ONNX element type
+_ML = {2: ml_dtypes.int2, 4: ml_dtypes.int4, 8: np.int8, 16: np.int16}
+
+def container_bits(b:int, # a unit's bit width: 0 (pruned) to 16
+                   layer:str='')->int: # named in the error
+    "The smallest signed integer container (2, 4, 8 or 16 bits) that holds a `b`-bit weight; 0 for pruned units"
+    from fairquant.mixed_precision import FLOAT_BITS
+    b = int(b)
+    if b == FLOAT_BITS: raise ValueError(f"{layer}: units at {FLOAT_BITS} bits (not quantized) mixed with quantized ones; export a finished run")
+    if not 0 <= b <= 16: raise ValueError(f"{layer}: {b} bits cannot be stored: onnxruntime holds integers of at most 16 bits")
+    return 0 if b == 0 else next(c for c in CONTAINERS if b <= c)
+
+# %% ../nbs/40_onnx_int8.ipynb #776ed555
+def channel_bits(bits:torch.Tensor, # one layer's bits per unit (from `model_bits`)
+                 granularity:str, # the run's: per_tensor | per_channel | per_param
+                 shape:Sequence[int], layer:str='')->torch.Tensor: # the weight's shape (output channels first); layer named in errors
+    "Bits per output channel; per_param bits must be constant within each output channel (else a refusal naming the layer)"
+    b, o = torch.as_tensor(bits).to(torch.int16), int(shape[0])
+    if granularity == 'per_tensor': return b.reshape(-1)[:1].expand(o).clone()
+    if granularity == 'per_channel': return b.reshape(o)
+    if granularity != 'per_param': raise ValueError(f"{layer}: granularity={granularity!r} cannot be exported; expected per_tensor, per_channel or per_param")
+    f = b.reshape(o, -1); bad = (f != f[:, :1]).any(1)
+    if bad.any():
+        c = int(bad.nonzero()[0]); vals = sorted(set(f[c].tolist()))
+        raise ValueError(f"{layer}: per_param bits vary within output channel {c} ({vals}); the ONNX export stores one bit width per "
+                         f"output channel (per-channel containers and scales): quantize this run per_channel to export it")
+    return f[:, 0].clone()
+
+# %% ../nbs/40_onnx_int8.ipynb #6e635eb4
+def layer_integers(w:torch.Tensor, # the layer's float (latent) weight, output channels first
+                   bits:torch.Tensor)->tuple: # bits per output channel (`channel_bits`)
+    "(integers shaped like `w`, one FP32 scale per output channel): exactly the integers `FakeQuant` rounds to"
+    w = w.detach().float().cpu(); b = bits.float().reshape(-1)
+    amax = torch.linalg.vector_norm(w.reshape(len(w), -1), float('inf'), dim=1).clamp_min(1e-12)
+    qm = (2.0**(b.clamp(1, 16) - 1) - 1).clamp_min(1.0)
+    bc = (-1,) + (1,)*(w.ndim - 1)
+    inv = (qm.reshape(bc)/amax.reshape(bc))       # as FakeQuant: 1/scale, then round(w/scale)
+    q = (w*inv).round()
+    scale = amax/qm
+    one = (b == 1).reshape(bc)
+    if one.any(): q = torch.where(one, torch.sign(w), q); scale = torch.where(b == 1, amax/2, scale)   # binary: ±amax/2
+    q = q*(b != 0).reshape(bc)                                                                        # pruned: zeros
+    return q.to(torch.int32), scale.float()
+
+# %% ../nbs/40_onnx_int8.ipynb #76d8a6d2
+def _markers(layers:dict)->dict:
+    "A distinct random tensor per quantized layer, to find each weight in the exported graph"
+    g = torch.Generator().manual_seed(12345)
+    return {k: torch.randn(s, generator=g) + 3*i for i, (k, s) in enumerate(layers.items())}
+
+def _key(a:np.ndarray)->str: return hashlib.sha1(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+def find_weights(model:onnx.ModelProto, # an exported graph whose quantized weights were replaced by `markers`
+                 markers:dict)->dict: # {layer: marker tensor}
+    "{layer: (initializer name, transposed)}: where each marked weight sits in the graph (MatMul stores W transposed)"
+    keys = {}
+    for k, t in markers.items():
+        a = t.numpy(); keys[_key(a)] = (k, False)
+        if a.ndim == 2: keys[_key(a.T)] = (k, True)
+    found = {}
+    for i in model.graph.initializer:
+        if i.data_type != onnx.TensorProto.FLOAT: continue
+        hit = keys.get(_key(numpy_helper.to_array(i)))
+        if hit:
+            if hit[0] in found: raise ValueError(f"{hit[0]}: its weight appears twice in the exported graph ({found[hit[0]][0]}, {i.name})")
+            found[hit[0]] = (i.name, hit[1])
+    missing = [k for k in markers if k not in found]
+    if missing: raise ValueError(f"{missing[:5]}: weights not found in the exported graph (the exporter changed them); cannot store their integers")
+    return found
+
+# %% ../nbs/40_onnx_int8.ipynb #9463ef5f
+def plain_copy(model:torch.nn.Module)->torch.nn.Module:
+    "A copy of `model` without weight quantizers, holding the float (latent) weights; `model` is untouched"
+    import torch.nn.utils.parametrize as P
+    c = copy.deepcopy(model)
+    for mod in c.modules():
+        if P.is_parametrized(mod, 'weight'):
+            w = mod.parametrizations.weight.original.detach().clone()
+            del mod._modules['parametrizations']
+            mod.__class__ = type(mod).__bases__[0]    # parametrize made a subclass; the copy goes back to the plain class
+            mod.weight = torch.nn.Parameter(w)
+    return c
+
+def export_marked(model:torch.nn.Module, # a quantized model (FakeQuant parametrizations)
+                  data_config:dict, opset:int=17)->tuple:
+    "(FP32 ONNX of `model` with each quantized weight replaced by a marker, {layer: (initializer, transposed)}); BatchNorm kept"
+    from fairquant.mixed_precision import quant_layers, quantizer, weight_shape
+    plain = plain_copy(model).eval()
+    layers = {k: weight_shape(m) for k, m in quant_layers(model).items() if quantizer(m) is not None}
+    marks, mods = _markers(layers), quant_layers(plain)
+    with torch.no_grad():
+        for k, t in marks.items(): mods[k].weight.copy_(t)
+    x = torch.randn(2, *data_config['input_size'], generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory(prefix='fq_mixed_') as td, plain_attention(plain), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(plain, (x,), f'{td}/m.onnx', dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}},
+                          training=torch.onnx.TrainingMode.PRESERVE)   # PRESERVE: BatchNorm is not folded into the weights
+        m = onnx.load(f'{td}/m.onnx')
+    return m, find_weights(m, marks)
+
+# %% ../nbs/40_onnx_int8.ipynb #4d3fc441
+def weight_nodes(layer:str, # the layer's name (prefixes every node and initializer: `fq/<layer>/...`)
+                 q:torch.Tensor, scale:torch.Tensor, bits:torch.Tensor, # from `layer_integers`, `channel_bits`
+                 out:str, # the tensor name the graph reads the float weight from
+                 transposed:bool=False, # the graph holds the weight transposed (MatMul: [in, out])
+                 guard:bool=False)->tuple: # scales stored ×2, then a Mul by 0.5 (exact), so onnxruntime never fuses the sub-8-bit weight into an INT8 kernel
+    "(initializers, nodes) that rebuild a layer's float weight from integer containers: DequantizeLinear per container, then Concat + Gather when several"
+    cb = np.array([container_bits(b, layer) for b in bits.tolist()])
+    used, pruned = sorted(set(cb.tolist()) - {0}), np.flatnonzero(cb == 0)
+    axis, qn = (1 if transposed else 0), (q.numpy().T if transposed else q.numpy())
+    final, out = out, (f'fq/{layer}/unguarded' if guard else out)
+    gather = len(used) > 1 or len(pruned) > 0
+    inits, nodes, outs, order = [], [], [], []
+    def dq(p, ints, sc, c):
+        inits.extend([numpy_helper.from_array(ints.astype(np.int8 if c <= 8 else np.int16).astype(_ML[c]), p),
+                      numpy_helper.from_array((sc*(2 if guard else 1)).astype(np.float32), f'{p}/scale')])
+        outs.append(f'{p}/w' if gather else out)
+        nodes.append(helper.make_node('DequantizeLinear', [p, f'{p}/scale'], [outs[-1]], name=f'{p}/dq', axis=axis))
+    for c in used:
+        ch = np.flatnonzero(cb == c); order += ch.tolist()
+        dq(f'fq/{layer}/int{c}', np.take(qn, ch, axis=axis), scale.numpy()[ch], c)
+    if len(pruned):   # pruned channels store nothing: they all read one zero channel
+        shape = list(qn.shape); shape[axis] = 1
+        dq(f'fq/{layer}/zero', np.zeros(shape, np.int8), np.ones(1, np.float32), used[0] if used else 2)
+    if gather:
+        pos = np.full(len(cb), len(order), np.int32); pos[np.array(order, dtype=int)] = np.arange(len(order))   # channel i sits at pos[i] of the concat
+        inits.append(numpy_helper.from_array(pos, f'fq/{layer}/channels'))
+        nodes += [helper.make_node('Concat', outs, [f'fq/{layer}/concat'], name=f'fq/{layer}/concat', axis=axis),
+                  helper.make_node('Gather', [f'fq/{layer}/concat', f'fq/{layer}/channels'], [out], name=f'fq/{layer}/gather', axis=axis)]
+    if guard:
+        inits.append(numpy_helper.from_array(np.full((), 0.5, np.float32), f'fq/{layer}/half'))   # a Mul by 1 would be removed as a no-op
+        nodes.append(helper.make_node('Mul', [out, f'fq/{layer}/half'], [final], name=f'fq/{layer}/guard'))
+    return inits, nodes
+
+# %% ../nbs/40_onnx_int8.ipynb #b089401c
+def bits_sha256(bits:dict)->str:
+    "SHA-256 of a bit assignment ({weight name: bits per unit}): names, shapes and values, in name order"
+    h = hashlib.sha256()
+    for k in sorted(bits):
+        b = torch.as_tensor(bits[k]).to(torch.int8).contiguous()
+        h.update(f'{k}{tuple(b.shape)}'.encode()); h.update(b.numpy().tobytes())
+    return h.hexdigest()
+
+def bit_assignment(bits:dict, granularity:str, ch_bits:dict)->dict:
+    "The compact bit map stored in the ONNX metadata: per layer a histogram {bits: output channels}, and the full map's SHA-256"
+    hist = lambda b: {int(v): int(c) for v, c in zip(*np.unique(b.numpy(), return_counts=True))}
+    return dict(granularity=granularity, sha256=bits_sha256(bits), layers={k.removesuffix('.weight'): hist(b) for k, b in ch_bits.items()})
+
+def _latent(model)->dict:
+    "{weight name: float (latent) weight} of the quantized layers"
+    from fairquant.mixed_precision import quant_layers, quantizer
+    return {k: m.parametrizations.weight.original.detach() for k, m in quant_layers(model).items() if quantizer(m) is not None}
+
+def _replace_weights(g:onnx.GraphProto, parts:dict):
+    "Swap float initializers ({name: (initializers, nodes)}) for integer containers and the nodes that rebuild them"
+    missing = [k for k in parts if k not in {i.name for i in g.initializer}]
+    if missing: raise ValueError(f"{missing[:3]}: not initializers of the graph")
+    keep = [i for i in g.initializer if i.name not in parts]
+    nodes = [n for _, ns in parts.values() for n in ns] + list(g.node)
+    del g.initializer[:]; g.initializer.extend(keep + [i for inits, _ in parts.values() for i in inits])
+    del g.node[:]; g.node.extend(nodes)
+
+# %% ../nbs/40_onnx_int8.ipynb #ff3f3151
+def theory_bytes(ch_bits:dict, # {weight name: bits per output channel}
+                 shapes:dict, # {weight name: weight shape}
+                 float_params:int=0)->dict: # other parameters the file must hold (biases, norms, embeddings) as FP32
+    "The theoretical size: Σ params × bits / 8 over quantized weights, one FP32 scale per channel, 4 bytes per other parameter"
+    w = sum(float(ch_bits[k].double().sum())*math.prod(shapes[k][1:])/8 for k in ch_bits)
+    s = 4*sum(len(ch_bits[k]) for k in ch_bits)
+    return dict(weights=w, scales=s, float_params=4*int(float_params), total=w + s + 4*int(float_params))
+
+def _nbytes(t:onnx.TensorProto)->int:
+    "Bytes an initializer's values take in the file"
+    return len(t.raw_data) if t.raw_data else len(t.SerializeToString())
+
+def mixed_size_report(path)->pd.DataFrame:
+    "Theory (from the metadata) next to what the file holds: integer weights, scales, channel order, FP32 parameters, graph + metadata"
+    m = load_onnx(path); th = read_onnx_meta(path, model=m)['quantization']['theory_bytes']
+    parts = dict.fromkeys(['weights', 'scales', 'channel order', 'float_params', 'graph and metadata'], 0)
+    for i in m.graph.initializer:
+        fq, is_int = i.name.startswith('fq/'), i.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+        k = ('channel order' if i.name.endswith('/channels') else 'float_params' if i.name.endswith('/bias_bn') else 'weights' if is_int else 'scales') if fq else \
+            'weights' if is_int else 'scales' if i.name.endswith(('_scale', '_zero_point')) else 'float_params'
+        parts[k] += _nbytes(i)
+    size = Path(path).stat().st_size
+    parts['graph and metadata'] = size - sum(parts.values())
+    t = pd.DataFrame({'file_bytes': pd.Series(parts), 'theory_bytes': pd.Series(dict(th, total=None)).reindex(list(parts)).fillna(0)})
+    t.loc['total'] = [size, th['total']]
+    t['file/theory'] = t.file_bytes/t.theory_bytes.where(t.theory_bytes > 0)
+    return t
+
+# %% ../nbs/40_onnx_int8.ipynb #e710b9f9
+def _to_opset(m:onnx.ModelProto, opset:int)->onnx.ModelProto:
+    "The graph converted to `opset` (default domain), IR version high enough for INT2/INT4 initializers"
+    m = version_converter.convert_version(m, opset)
+    m.ir_version = max(m.ir_version, 11)
+    return m
+
+def _bn_fold(g:onnx.GraphProto, where:dict, q:dict, scale:dict)->list:
+    "Fold a BatchNormalization that follows a quantized Conv into its per-channel scales and bias (integers kept; sign moved into them)"
+    inits = {i.name: i for i in g.initializer}; users = {}; prod = {o: n for n in g.node for o in n.output}
+    for n in g.node:
+        for i in n.input: users.setdefault(i, []).append(n)
+    def const(name):   # an initializer, possibly behind Identity nodes or a Constant
+        p = prod.get(name)
+        if name in inits: return numpy_helper.to_array(inits[name]).astype(np.float64)
+        if p is not None and p.op_type == 'Identity': return const(p.input[0])
+        if p is not None and p.op_type == 'Constant': return numpy_helper.to_array(p.attribute[0].t).astype(np.float64)
+        raise ValueError(f"{name}: not a constant")
+    by_init = {v[0]: k for k, v in where.items()}
+    folded, drop = [], set()
+    for n in g.node:
+        if n.op_type != 'Conv' or n.input[1] not in by_init: continue
+        u = users.get(n.output[0], [])
+        if len(u) != 1 or u[0].op_type != 'BatchNormalization' or len(u[0].output) != 1: continue
+        bn = u[0]; k = by_init[n.input[1]]
+        gam, bet, mu, var = (const(i) for i in bn.input[1:5])
+        eps = next((a.f for a in bn.attribute if a.name == 'epsilon'), 1e-5)
+        f = gam/np.sqrt(var + eps)
+        b0 = const(n.input[2]) if len(n.input) > 2 and n.input[2] else np.zeros_like(f)
+        s = torch.from_numpy(f).float()
+        q[k] = q[k]*torch.where(s < 0, -1, 1).reshape((-1,) + (1,)*(q[k].ndim - 1)).to(q[k].dtype)   # integers kept (a zero γ zeroes the scale)
+        scale[k] = (scale[k]*s.abs()).float()
+        bname = f'fq/{k.removesuffix(".weight")}/bias_bn'
+        g.initializer.append(numpy_helper.from_array(((b0 - mu)*f + bet).astype(np.float32), bname))
+        n.input[:] = [n.input[0], n.input[1], bname]; n.output[0] = bn.output[0]; drop.add(id(bn)); folded.append(k)
+    keep = [n for n in g.node if id(n) not in drop]; del g.node[:]; g.node.extend(keep)
+    _prune(g)
+    return folded
+
+def _prune(g:onnx.GraphProto):
+    "Drop nodes whose outputs nothing reads (e.g. the Identity copies of folded BatchNorm parameters), then unused initializers"
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        keep = [n for n in g.node if any(o in used for o in n.output)]
+        if len(keep) == len(g.node): break
+        del g.node[:]; g.node.extend(keep)
+    inits = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]; g.initializer.extend(inits)
+
+# %% ../nbs/40_onnx_int8.ipynb #0b90fbe9
+def _int8_layers(g, where, q, scale, cbits, calibration, opset)->list:
+    "(model, layers): static U8 activation quantization of the layers held in INT8 (onnxruntime QDQ), their weights set to the run's integers"
+    int8 = [k for k, c in cbits.items() if set(c.tolist()) <= {0, 8}]
+    if not int8: return None, []
+    by_init = {where[k][0]: k for k in cbits}
+    for i in g.initializer:   # every layer's dequantized weight in place of its marker, for calibration
+        if (k := by_init.get(i.name)) is not None:
+            w = (q[k].float()*scale[k].reshape((-1,) + (1,)*(q[k].ndim - 1))).numpy()
+            i.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w.T if where[k][1] else w), i.name))
+    others = {where[k][0] for k in cbits if k not in int8}
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid('', opset)]); m.ir_version = 11
+    excl = [n.name for n in g.node if n.op_type in FLOAT_WEIGHT_OPS and len(n.input) > 1 and n.input[1] in others]
+    r = quant_recipe(m, 'static', nodes_to_exclude=excl)
+    with tempfile.TemporaryDirectory(prefix='fq_mixed8_') as td, _quiet_ort(), contextlib.redirect_stdout(None):
+        onnx.save(m, f'{td}/f.onnx')
+        if hasattr(calibration, 'rewind'): calibration.rewind()
+        quantize_static(f'{td}/f.onnx', f'{td}/q.onnx', calibration, **_ort_kwargs(r))
+        out = onnx.load(f'{td}/q.onnx')
+    inits, done = {i.name: i for i in out.graph.initializer}, []
+    for k in int8:
+        name, tr = where[k]
+        if f'{name}_quantized' not in inits: continue          # onnxruntime left it float: stored as containers below
+        dq = next(n for n in out.graph.node if n.op_type == 'DequantizeLinear' and n.input[0] == f'{name}_quantized')
+        axis = next((a.i for a in dq.attribute if a.name == 'axis'), 1)
+        if axis != (1 if tr else 0): raise ValueError(f"{k}: onnxruntime quantized it along axis {axis}, not its output channels")
+        qq = q[k].numpy().astype(np.int8)
+        inits[f'{name}_quantized'].CopyFrom(numpy_helper.from_array(qq.T if tr else qq, f'{name}_quantized'))
+        inits[dq.input[1]].CopyFrom(numpy_helper.from_array(scale[k].numpy(), dq.input[1]))
+        if len(dq.input) > 2: inits[dq.input[2]].CopyFrom(numpy_helper.from_array(np.zeros(len(scale[k]), np.int8), dq.input[2]))
+        done.append(k)
+    return out, done
+
+# %% ../nbs/40_onnx_int8.ipynb #0eec1ddd
+def export_mixed(model:torch.nn.Module, # a quantized model of stage 30 (`load_quantized_checkpoint`)
+                 path, # the .onnx file to write (atomically)
+                 classes:Sequence[str], groups:Sequence[str], data_config:dict, # written into the metadata
+                 granularity:str, # the run's granularity
+                 mode:str='weights_only', # weights_only | int8_activations
+                 calibration=None, # int8_activations: a reader with get_next() (`CalibReader`), from val
+                 config:str='', source_checkpoint:str='', source_sha256:str='')->dict: # recorded
+    "Write a stage-30 model as one ONNX file holding its integers and scales in INT2/INT4/INT8/INT16 containers; returns what it stored"
+    from fairquant.mixed_precision import model_bits, weight_shape, quant_layers
+    if mode not in MIXED_MODES: raise ValueError(f"mode={mode!r}: expected one of {MIXED_MODES}")
+    if mode == 'int8_activations' and calibration is None: raise ValueError("mode='int8_activations' needs calibration=CalibReader(...) (val images)")
+    bits, lat = model_bits(model), _latent(model)
+    if not bits: raise ValueError("the model has no quantized layer: export it with export_onnx (FP32)")
+    cb = {k: channel_bits(b, granularity, lat[k].shape, k.removesuffix('.weight')) for k, b in bits.items()}
+    qs = {k: layer_integers(lat[k], cb[k]) for k in cb}
+    q, scale = {k: v[0] for k, v in qs.items()}, {k: v[1] for k, v in qs.items()}
+    m, where = export_marked(model.eval(), data_config)
+    marks = {v[0] for v in where.values()}
+    n_float = sum(math.prod(i.dims) for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and i.name not in marks)
+    theory = theory_bytes(cb, {k: tuple(lat[k].shape) for k in cb}, n_float)
+    m = _to_opset(m, MIXED_OPSET)
+    extra, int8 = {}, []
+    if mode == 'int8_activations':
+        extra['bn_folded'] = _bn_fold(m.graph, where, q, scale)
+        out, int8 = _int8_layers(m.graph, where, q, scale, {k: torch.tensor([container_bits(b) for b in c.tolist()]) for k, c in cb.items()},
+                                 calibration, MIXED_OPSET)
+        if out is not None: m = out
+    _replace_weights(m.graph, {where[k][0]: weight_nodes(k.removesuffix('.weight'), q[k], scale[k], cb[k], where[k][0], where[k][1],
+                                                         guard=mode == 'int8_activations') for k in cb if k not in int8})
+    cont = {}
+    for k, c in cb.items():
+        for v, n in zip(*np.unique([container_bits(b) for b in c.tolist()], return_counts=True)):
+            cont[int(v)] = cont.get(int(v), 0) + int(n)*math.prod(lat[k].shape[1:])
+    info = dict(mode=mode, config=config, granularity=granularity, opset=MIXED_OPSET, int8_activation_layers=[k.removesuffix('.weight') for k in int8],
+                params_per_container={str(k): v for k, v in sorted(cont.items())}, three_bit_container='INT4', pruned='zeros',
+                theory_bytes=theory, **extra)
+    meta = onnx_meta(classes, groups, data_config, source_checkpoint, source_sha256, f'mixed-{mode}', info)
+    meta['bit_assignment'] = json.dumps(bit_assignment(bits, granularity, cb))
+    m = set_onnx_meta(m, meta)
+    onnx.checker.check_model(m)
+    with atomic_path(path) as tmp: onnx.save(m, str(tmp))
+    return dict(info, avg_bits=float(sum(float(cb[k].double().sum())*math.prod(lat[k].shape[1:]) for k in cb)/sum(lat[k].numel() for k in cb)))
+
+# %% ../nbs/40_onnx_int8.ipynb #135c6250
+def _np_eval(n:onnx.NodeProto, x:list)->np.ndarray:
+    "One DequantizeLinear / Concat / Gather / Mul node on constant inputs, in numpy"
+    axis = next((a.i for a in n.attribute if a.name == 'axis'), 1 if n.op_type == 'DequantizeLinear' else 0)
+    if n.op_type == 'Concat': return np.concatenate(x, axis=axis)
+    if n.op_type == 'Gather': return np.take(x[0], x[1].astype(np.int64), axis=axis)
+    if n.op_type == 'Mul': return (x[0]*x[1]).astype(np.float32)
+    q, s = x[0].astype(np.int32).astype(np.float32), x[1]
+    if len(x) > 2 and x[2] is not None: q = q - x[2].astype(np.float32)
+    if s.ndim == 1 and s.size > 1: s = s.reshape([-1 if d == axis % q.ndim else 1 for d in range(q.ndim)])
+    return (q*s).astype(np.float32)
+
+def _int_kept(n:onnx.NodeProto, users:dict, inits:dict)->bool:
+    "True for a DequantizeLinear that onnxruntime turns into an integer kernel: INT2/4/8 weight straight into MatMul (MatMulNBits)"
+    u = users.get(n.output[0], [])
+    t = inits[n.input[0]].data_type if n.input[0] in inits else None
+    return (len(u) == 1 and u[0].op_type == 'MatMul' and u[0].input[1] == n.output[0]
+            and t in (onnx.TensorProto.INT2, onnx.TensorProto.INT4, onnx.TensorProto.INT8))
+
+def fold_weights(model:onnx.ModelProto, # a model written by `export_mixed` (changed in place)
+                 keep_matmul:bool=True)->list: # leave INT2/4/8 MatMul weights to onnxruntime (MatMulNBits)
+    "Dequantize the stored weights once (the `fq/` nodes), so convolutions run float kernels; returns the tensors folded"
+    g = model.graph; inits = {i.name: i for i in g.initializer}; users = {}
+    for n in g.node:
+        for i in n.input: users.setdefault(i, []).append(n)
+    const, drop = {}, set()
+    for n in g.node:
+        if not n.name.startswith('fq/') or n.op_type not in ('DequantizeLinear', 'Concat', 'Gather', 'Mul'): continue
+        if not all(i in inits or i in const for i in n.input if i): continue
+        if keep_matmul and n.op_type == 'DequantizeLinear' and _int_kept(n, users, inits): continue
+        const[n.output[0]] = _np_eval(n, [const[i] if i in const else numpy_helper.to_array(inits[i]) for i in n.input])
+        drop.add(id(n))
+    nodes = [n for n in g.node if id(n) not in drop]
+    needed = {i for n in nodes for i in n.input} | {o.name for o in g.output}
+    new = [numpy_helper.from_array(v, k) for k, v in const.items() if k in needed]
+    keep = [i for i in g.initializer if i.name in needed]
+    del g.node[:]; g.node.extend(nodes); del g.initializer[:]; g.initializer.extend(keep + new)
+    return [t.name for t in new]
+
+def load_session(path, # an ONNX file of stage 40 (any precision)
+                 threads:int=None, # intra-op threads (None: onnxruntime's default)
+                 keep_matmul:bool=True, # see `fold_weights`
+                 accuracy_level:int=0)->ort.InferenceSession: # MatMulNBits compute: 0 = FP32 (exact); 4 = int8 (faster, changes numbers)
+    "An onnxruntime session that runs mixed-precision files fast: sub-8-bit (and weight-only INT8) conv weights dequantized once at load"
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: ONNX file not found")
+    m = onnx.load(str(path))
+    if not any(n.name.startswith('fq/') for n in m.graph.node): return onnx_session(path, threads)
+    fold_weights(m, keep_matmul)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry('session.qdq_matmulnbits_accuracy_level', str(int(accuracy_level)))
+    if threads: so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+    try: return ort.InferenceSession(m.SerializeToString(), so, providers=['CPUExecutionProvider'])
+    except Exception as e: raise ValueError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {str(e)[:300]})") from None
+
+# %% ../nbs/40_onnx_int8.ipynb #55a104e7
+def read_mixed_weights(path)->dict:
+    "{layer: (integers [out, ...], FP32 scale per output channel; NaN for pruned channels, which store none)} as a file holds them"
+    m = load_onnx(path); g = m.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer if i.name.startswith('fq/')}
+    dq = [n for n in g.node if n.op_type == 'DequantizeLinear' and n.name.startswith('fq/')]
+    out = {}
+    for layer in dict.fromkeys(n.name.split('/')[1] for n in dq):
+        parts = [n for n in dq if n.name.split('/')[1] == layer]
+        axis = next((a.i for a in parts[0].attribute if a.name == 'axis'), 1)
+        q = np.concatenate([inits[n.input[0]].astype(np.int32) for n in parts], axis=axis)
+        s = np.concatenate([inits[n.input[1]] if '/zero/' not in n.name else np.full(1, np.nan, np.float32) for n in parts])
+        pos = inits.get(f'fq/{layer}/channels')
+        if pos is not None: q, s = np.take(q, pos, axis=axis), s[pos]
+        if f'fq/{layer}/half' in inits: s = s*inits[f'fq/{layer}/half']          # int8_activations: scales stored ×2
+        out[layer] = (q.T if axis == 1 else q, s)
+    return out
+
+# %% ../nbs/40_onnx_int8.ipynb #b2c8826e
+def mixed_runs(run_dir, # the run folder
+               configs:Sequence[str]=None)->list: # stage-30 configuration names; None: every run of 30_mixed_precision/runs.json (none when absent)
+    "The 30_mixed_precision/runs.json entries to export; configurations asked for but absent are refused"
+    f = Path(run_dir)/'30_mixed_precision'/'runs.json'
+    if configs is None and not f.exists(): return []
+    d = require_stage(run_dir, '30_mixed_precision', 'runs.json', needed_by='40_onnx_int8 (mixed_configs)')
+    runs = load_json(d/'runs.json')['runs']
+    if configs is None: return runs
+    missing = [c for c in configs if c not in {r['config'] for r in runs}]
+    if missing: raise ValueError(f"mixed_configs {missing}: not in {d/'runs.json'}, which has {sorted({r['config'] for r in runs})}")
+    return [r for r in runs if r['config'] in configs]
+
+def convert_mixed_run(run_dir, # the run folder
+                      run:dict, # one entry of 30_mixed_precision/runs.json
+                      stage, # the 40_onnx_int8 folder: writes stage/<tag>/<tag>-<config>-onnx[-int8].onnx
+                      mode:str='weights_only', # weights_only | int8_activations
+                      manifest:pd.DataFrame=None, # int8_activations: calibration images (`read_calibration`, from val)
+                      ds:GroupDataset=None, n_check:int=32)->dict: # val images to check the file against the PyTorch run
+    "Export one stage-30 run to ONNX (checked against the run on val images); returns its `models.json` row"
+    from fairquant.mixed_precision import load_quantized_checkpoint
+    folder = Path(run_dir)/'30_mixed_precision'/run.get('dir', run.get('folder', ''))
+    name = (run.get('summary') or {}).get('checkpoint')
+    found = [folder/name] if name else sorted(folder.glob('*.safetensors'))
+    if len(found) != 1 or not found[0].is_file():
+        raise FileNotFoundError(f"{folder}: expected one quantized checkpoint for run {run['tag']}-{run['config']}, found {[p.name for p in found if p.is_file()]}")
+    model, meta = load_quantized_checkpoint(found[0])
+    dc, tag, cfg, stage = meta['data_config'], run['tag'], run['config'], Path(stage)
+    if mode == 'int8_activations' and manifest is None: raise ValueError(f"{tag}-{cfg}: mode int8_activations needs calibration images (manifest=)")
+    reader = CalibReader(calibration_batches(manifest, dc)) if mode == 'int8_activations' else None
+    out = f"{tag}-{cfg}-onnx" + ('-int8' if mode == 'int8_activations' else '')
+    f = stage/tag/f'{out}.onnx'; f.parent.mkdir(parents=True, exist_ok=True)
+    src = found[0].relative_to(Path(run_dir)).as_posix()
+    info = export_mixed(model, f, meta['classes'], meta['groups'], dc, meta['granularity'], mode, reader, cfg, src, meta['weights']['sha256'])
+    if ds is not None and n_check:
+        x = torch.from_numpy(split_images(ds, 'val', dc, n_check))
+        with torch.no_grad(): ref = model(x).numpy()
+        got = run_onnx(load_session(f, 1), x.numpy())
+        diff, tol = float(np.abs(got - ref).max()), 1e-4 + 1e-4*float(np.abs(ref).max())
+        info['check'] = dict(n_images=len(ref), max_abs_diff=diff, tolerance=tol, top1_agree=float((got.argmax(1) == ref.argmax(1)).mean()))
+        if mode == 'weights_only' and not diff <= tol:
+            raise ValueError(f"{f}: onnxruntime and the PyTorch run differ by up to {diff:.3g} on {len(ref)} val images (tolerance {tol:.3g}): the export is wrong")
+    return dict(run=out, tag=tag, precision=f'mixed-{mode}', file=f.relative_to(stage).as_posix(), baseline=f'{tag}-fp32',
+                source_checkpoint=src, size_bytes=f.stat().st_size, theory_bytes=info['theory_bytes']['total'],
+                avg_bits=info['avg_bits'], options=info)

@@ -109,17 +109,17 @@ def checkpoint_predictor(path, # the .safetensors, the .json, or their common st
 
 # %% ../nbs/50_validation.ipynb #d88354bd
 @MODEL_KINDS.register('onnx')
-def onnx_predictor(path, # an .onnx file (FP32 or INT8)
+def onnx_predictor(path, # an .onnx file (FP32, INT8, or mixed 2/4/8-bit from stage 40)
                    threads:int=None, # onnxruntime intra-op threads (None/0: its default)
                    classes:Sequence[str]=None, groups:Sequence[str]=None, data_config:dict=None, # for a file without our metadata
                    precision:str=None)->Predictor: # recorded for a file without our metadata
     "A `Predictor` over an ONNX model run with onnxruntime on the CPU, names and preprocessing from its metadata"
-    from fairquant.onnx_int8 import read_onnx_meta, onnx_session
+    from fairquant.onnx_int8 import read_onnx_meta, load_session
     path = Path(path)
     meta = read_onnx_meta(path, classes, groups, data_config)
     if precision is not None and meta['precision'] not in (None, precision):
         raise ValueError(f"{path}: precision={precision!r} was given but the file says {meta['precision']!r}")
-    sess, name = onnx_session(path, threads or None), meta['input_name']
+    sess, name = load_session(path, threads or None), meta['input_name']   # onnx_session, or the fast loader for mixed files
     run = lambda x: sess.run(None, {name: np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)})[0]
     return Predictor('onnx', path, list(meta['classes']), list(meta['groups']), dict(meta['data_config']), file_sha256(path), run,
                      dict(precision=meta['precision'] or precision or 'unknown', quantization=meta.get('quantization'),
@@ -160,8 +160,11 @@ def select_rows(ds:GroupDataset, # the dataset
     t = ds.split(split)
     if not len(t): raise ValueError(f"{ds.name}: split {split!r} has no images")
     if n < 0: raise ValueError(f"n={n}: expected 0 (the whole split) or a positive number of images")
-    if n >= len(t) or not n: return t
-    return t.iloc[np.sort(np.random.default_rng(seed).choice(len(t), n, replace=False))]
+    rows = t if n >= len(t) or not n else t.iloc[np.sort(np.random.default_rng(seed).choice(len(t), n, replace=False))]
+    absent = [g for i, g in enumerate(ds.groups) if i not in set(rows.group.tolist())]
+    if absent: raise ValueError(f"{ds.name}: split {split!r}{f' (a subset of n={n})' if 0 < n < len(t) else ''} has no images of "
+                                f"group(s) {absent}; per-group accuracy, worst group and gap need every group of {list(ds.groups)}")
+    return rows
 
 # %% ../nbs/50_validation.ipynb #d8d344ab
 class PartialStore:
@@ -295,16 +298,18 @@ _RUN_ORDER = {'fp32': 0, 'torch-fp32': 1, 'int8-static': 2, 'int8-dynamic': 3}  
 def find_models(run_dir)->pd.DataFrame:
     "The runs to validate in `run_dir`: run, kind, file, precision, baseline, tag, stage"
     require_stage(run_dir, '00_datasets', 'dataset.json', 'images.csv', needed_by='50_validation')
-    d10, d30, d40 = (stage_dir(run_dir, s, create=False) for s in ('10_finetune_vit_swin', '30_mixed_precision', '40_onnx_int8'))
+    d10, d30, d40, d45 = (stage_dir(run_dir, s, create=False) for s in ('10_finetune_vit_swin', '30_mixed_precision', '40_onnx_int8', '45_fair_int8'))
     cks, onx = _index(run_dir, '10_finetune_vit_swin', 'checkpoints.json', 'checkpoints'), _index(run_dir, '40_onnx_int8', 'models.json', 'models')
-    mix = _index(run_dir, '30_mixed_precision', 'runs.json', 'runs')
-    if not (cks or onx or mix):
+    mix, fair = _index(run_dir, '30_mixed_precision', 'runs.json', 'runs'), _index(run_dir, '45_fair_int8', 'models.json', 'models')
+    if not (cks or onx or mix or fair):
         raise FileNotFoundError(f"{run_dir}: no model to validate: none of 10_finetune_vit_swin/checkpoints.json, "
-                                "30_mixed_precision/runs.json, 40_onnx_int8/models.json lists one; run stage 10_finetune_vit_swin "
+                                "30_mixed_precision/runs.json, 40_onnx_int8/models.json, 45_fair_int8/models.json lists one; run stage 10_finetune_vit_swin "
                                 "(and 30_mixed_precision or 40_onnx_int8 for quantized models) on this run folder first")
     exported = {m['tag'] for m in onx if m.get('precision') == 'fp32'}
     rows = [dict(run=m['run'], kind='onnx', file=d40/m['file'], precision=m['precision'], baseline=m.get('baseline'),
                  tag=m['tag'], stage='40_onnx_int8') for m in onx]
+    rows += [dict(run=m['run'], kind='onnx', file=d45/m['file'], precision=m['precision'], baseline=m.get('baseline'),
+                  tag=m['tag'], stage='45_fair_int8') for m in fair]
     for c in cks:
         t = c['tag']
         rows.append(dict(run=f'{t}-torch-fp32' if t in exported else f'{t}-fp32', kind='checkpoint', file=d10/c['weights'],
@@ -380,6 +385,9 @@ def record_runs(out, # the 50_validation folder
 def group_table(entries:Sequence[dict], # runs.json entries
                 groups:Sequence[str])->pd.DataFrame:
     "One row per run: n, accuracy overall and per group (`acc[<group>]`), worst group, gap (pp), and whether it is a subset"
+    for e in entries:
+        bad = [g for g in groups if g not in e['group_acc'] or not np.isfinite(e['group_acc'][g])]
+        if bad: raise ValueError(f"run {e['run']!r}: no accuracy for group(s) {bad}; a gap or worst group over the other groups would be a silent guess")
     rows = [dict(run=e['run'], precision=e['precision'], baseline=e['baseline'], n=e['n'], acc=e['acc'],
                  **{f'acc[{g}]': e['group_acc'][g] for g in groups}, worst_group_acc=e['worst_group_acc'],
                  gap_pp=100*(max(e['group_acc'][g] for g in groups) - min(e['group_acc'][g] for g in groups)),
