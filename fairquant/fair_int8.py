@@ -22,10 +22,11 @@ from .onnx_int8 import (load_onnx, read_onnx_meta, set_onnx_meta, QUANT_OPTIONS)
 
 # %% auto #0
 __all__ = ['LAYER_OPS', 'SQNR_CAP', 'GRID_CONFIGS', 'example_int8_run', 'val_subset', 'save_variant', 'quantized_layers',
-           'probe_model', 'session', 'GroupEnergy', 'to_db', 'sqnr_table', 'layer_ranking', 'localise_onnx',
-           'plot_layer_groups', 'localise_torch', 'keep_float', 'logits', 'group_drop', 'recipe_options', 'requantize',
-           'fallback_search', 'accuracy_ranking', 'overall_ranking', 'CalibrationWarning', 'activation_ranges',
-           'clipped_shares', 'calibration_check', 'int8_fair']
+           'probe_model', 'session', 'optimized_ops', 'quant_params', 'dequantize', 'GroupEnergy', 'to_db',
+           'sqnr_table', 'layer_ranking', 'localisation_probes', 'localise_onnx', 'plot_layer_groups', 'localise_torch',
+           'keep_float', 'logits', 'group_drop', 'recipe_options', 'requantize', 'fallback_search', 'accuracy_ranking',
+           'overall_ranking', 'CalibrationWarning', 'activation_ranges', 'clipped_shares', 'calibration_check',
+           'int8_fair']
 
 # %% ../nbs/45_fair_int8.ipynb #01bb03c5
 _EXAMPLES = {}
@@ -92,6 +93,12 @@ def _consumers(g:onnx.GraphProto)->dict:
         for i in n.input: out.setdefault(i, []).append(n)
     return out
 
+def _stored(g:onnx.GraphProto)->dict:
+    "Stored tensors by name: initializers and Constant nodes' values (as TensorProto)"
+    out = {i.name: i for i in g.initializer}
+    out.update({n.output[0]: a.t for n in g.node if n.op_type == 'Constant' for a in n.attribute if a.name == 'value'})
+    return out
+
 def _is_weight_layer(n, prod:dict, inits:set)->bool:
     "A node that multiplies by a quantized stored weight: MatMulIntegerToFloat, or Conv/MatMul/Gemm reading a DequantizeLinear of an initializer"
     if n.op_type == 'MatMulIntegerToFloat': return True
@@ -106,13 +113,28 @@ def _float_source(name:str, prod:dict)->str:
         if p is not None and p.op_type == op: name = p.input[0]
     return name
 
+def _readable_q(n, stored:dict)->bool:
+    "A QuantizeLinear whose scale and zero point are stored tensors (so its integer output can be dequantized outside the graph)"
+    return n is not None and n.op_type == 'QuantizeLinear' and all(i in stored for i in n.input[1:] if i)
+
+def _q_of_output(name:str, cons:dict, stored:dict)->str:
+    "The integer output of the one QuantizeLinear that requantizes the float tensor `name` ('' if there is none, or several)"
+    qs = [c for c in cons.get(name, []) if c.op_type == 'QuantizeLinear']
+    return qs[0].output[0] if len(qs) == 1 and _readable_q(qs[0], stored) else ''
+
+def _q_of_input(name:str, prod:dict, stored:dict)->str:
+    "The integer QuantizeLinear output a layer input `name` comes from (directly, or through one DequantizeLinear); '' if none"
+    p = prod.get(name)
+    if p is not None and p.op_type == 'DequantizeLinear': name = p.input[0]; p = prod.get(name)
+    return name if _readable_q(p, stored) else ''
+
 # %% ../nbs/45_fair_int8.ipynb #e093042d
 def quantized_layers(q:onnx.ModelProto, # the INT8 (QDQ) model
                      f:onnx.ModelProto, # the FP32 model it was quantized from
                     )->pd.DataFrame:
-    "One row per quantized weight layer of `q`, matched to `f` by node name: the tensors to compare in each"
-    pq, pf, cf = _producers(q.graph), _producers(f.graph), _consumers(f.graph)
-    inits, fnodes = {i.name for i in q.graph.initializer}, {n.name: n for n in f.graph.node}
+    "One row per quantized weight layer of `q`, matched to `f` by node name: the tensors to compare in each, and how to read them"
+    pq, cq, pf, cf = _producers(q.graph), _consumers(q.graph), _producers(f.graph), _consumers(f.graph)
+    inits, fnodes, stored = {i.name for i in q.graph.initializer}, {n.name: n for n in f.graph.node}, _stored(q.graph)
     rows = []
     for n in q.graph.node:
         if not _is_weight_layer(n, pq, inits): continue
@@ -129,20 +151,24 @@ def quantized_layers(q:onnx.ModelProto, # the INT8 (QDQ) model
         x_q = _float_source(n.input[0], pq)
         x_f = F.input[0]
         relu_in = pf.get(x_f) is not None and pf[x_f].op_type == 'Relu' and (pq.get(x_q) is None or pq[x_q].op_type != 'Relu')
+        out_q, in_q = _q_of_output(n.output[0], cq, stored), _q_of_input(n.input[0], pq, stored)
         rows.append(dict(layer=name, op=F.op_type, int8_node=n.name, out_fp32=out_f, out_int8=n.output[0],
-                         in_fp32=x_f, in_int8=x_q, relu_in=relu_in, fp32_nodes=chain))
+                         in_fp32=x_f, in_int8=x_q, relu_in=relu_in, fp32_nodes=chain,
+                         out_q=out_q, in_q=in_q, out_ref=relu[0].output[0] if relu else out_f,   # FP32 at the Q's point: after a removed Relu
+                         probe='int8' if out_q and in_q else 'float'))
     if not rows: raise ValueError("no quantized weight layer (Conv/MatMul/Gemm after a DequantizeLinear of a stored weight, or MatMulIntegerToFloat) in the INT8 model")
     return pd.DataFrame(rows)
 
 # %% ../nbs/45_fair_int8.ipynb #185633a1
 def probe_model(model:onnx.ModelProto, # a model
                 names:Sequence[str], # tensors to read out (graph inputs are skipped: the caller has them)
+                types:dict=None, # element type (onnx.TensorProto.UINT8, ...) of a tensor in `names`; float32 if absent
                )->onnx.ModelProto:
-    "A copy of `model` whose graph also outputs the tensors `names` (float32, shape left open)"
-    m = copy.deepcopy(model)
+    "A copy of `model` whose graph also outputs the tensors `names` (float32 unless `types` says otherwise; shape left open)"
+    m, types = copy.deepcopy(model), types or {}
     have = {o.name for o in m.graph.output} | {i.name for i in m.graph.input}
     for t in dict.fromkeys(names):
-        if t not in have: m.graph.output.append(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+        if t not in have: m.graph.output.append(helper.make_tensor_value_info(t, types.get(t, onnx.TensorProto.FLOAT), None))
     return m
 
 def session(model, # an onnx.ModelProto or a path
@@ -160,22 +186,72 @@ def _run_all(sess, x:np.ndarray, feed_name:str=None)->dict:
     outs = sess.run(None, {name: x})
     return dict(zip([o.name for o in sess.get_outputs()], outs), **{name: x})
 
+def optimized_ops(model:onnx.ModelProto, threads:int=1)->dict:
+    "Op type → count in the graph onnxruntime really runs for `model` (ORT_ENABLE_ALL, read back from its optimized model file)"
+    from collections import Counter
+    from fairquant.onnx_int8 import optimized_graph
+    with tempfile.TemporaryDirectory(prefix='fq_opt_') as td:
+        onnx.save(model, str(Path(td)/'m.onnx'))
+        return dict(Counter(n.op_type for n in optimized_graph(Path(td)/'m.onnx', threads).graph.node))
+
+# %% ../nbs/45_fair_int8.ipynb #a11s0002
+def quant_params(q:onnx.ModelProto, # an INT8 model
+                 name:str)->tuple: # the output of one of its QuantizeLinear nodes
+    "(scale, zero point, axis) of the QuantizeLinear that writes `name`, as numpy arrays (zero point uint8 0 when absent)"
+    n = _producers(q.graph).get(name)
+    if n is None or n.op_type != 'QuantizeLinear': raise ValueError(f"{name!r} is not the output of a QuantizeLinear node")
+    st = _stored(q.graph)
+    miss = [i for i in n.input[1:] if i and i not in st]
+    if miss: raise ValueError(f"QuantizeLinear {n.name!r}: scale/zero point {miss} are not stored tensors")
+    s = numpy_helper.to_array(st[n.input[1]])
+    a = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    if len(n.input) > 2 and n.input[2]: z = numpy_helper.to_array(st[n.input[2]])
+    else: z = np.zeros(s.shape, helper.tensor_dtype_to_np_dtype(a['output_dtype']) if a.get('output_dtype') else np.uint8)
+    if a.get('block_size'): raise ValueError(f"QuantizeLinear {n.name!r}: blocked quantization (block_size={a['block_size']}) is not supported")
+    return s, z, int(a.get('axis', 1))
+
+def dequantize(v:np.ndarray, # a QuantizeLinear's integer output
+               scale:np.ndarray, zero_point:np.ndarray, # its scale and zero point: one each, or one per channel
+               axis:int=1, # the channel axis of a per-channel scale
+               out:np.ndarray=None)->np.ndarray: # a float32 array of v's shape to write into (e.g. `GroupEnergy.scratch`)
+    "What DequantizeLinear computes: float32((v − zero point)·scale), per tensor or per channel"
+    s, z = np.asarray(scale, np.float32), np.asarray(zero_point)
+    if s.size != 1:
+        if s.ndim != 1 or s.shape[0] != v.shape[axis]: raise ValueError(f"per-channel scale of shape {s.shape} for a tensor of shape {v.shape}, axis {axis}")
+        shape = [1]*v.ndim; shape[axis] = -1; s, z = s.reshape(shape), z.reshape(shape)
+    else: s, z = s.reshape(()), z.reshape(())
+    if out is None: out = v.astype(np.float32)
+    else: out[...] = v
+    out -= z.astype(np.float32); out *= s   # exact integers in float32, then one rounding: the same float as onnxruntime's
+    return out
+
 # %% ../nbs/45_fair_int8.ipynb #3031debb
 class GroupEnergy:
     "Accumulates, per tensor and group, the signal energy Σ‖ref‖² and the error energy Σ‖ref−test‖² over batches"
     def __init__(self, keys:Sequence[str], n_groups:int):
         self.keys, self.G = list(keys), n_groups
         self.sig, self.err = (np.zeros((len(self.keys), n_groups)) for _ in range(2))
-        self.n = np.zeros(n_groups, dtype=int)
+        self.n, self._buf = np.zeros(n_groups, dtype=int), np.empty(0, np.float32)
+    def scratch(self, shape)->np.ndarray:
+        "A float32 array of `shape` in memory reused from call to call (a fresh large array costs its page faults every batch)"
+        n = int(np.prod(shape))
+        if self._buf.size < n: self._buf = np.empty(n, np.float32)
+        return self._buf[:n].reshape(shape)
     def add(self, i:int, ref:np.ndarray, test:np.ndarray, codes:np.ndarray):
-        "Add one batch of tensor `i` (first axis = images, or images × windows; `codes` = their group indices)"
+        "Add one batch of tensor `i` (first axis = images, or images × windows; `codes` = their group indices); `test` may be `scratch`"
         if ref.shape != test.shape: raise ValueError(f"{self.keys[i]}: FP32 shape {ref.shape} but quantized shape {test.shape}")
         if len(ref) % len(codes): raise ValueError(f"{self.keys[i]}: first axis {len(ref)} is not a multiple of the {len(codes)} images")
         # Swin's window attention stacks windows along the first axis, image-major: (images × windows, ...)
-        r = np.asarray(ref, np.float32).reshape(len(codes), -1); d = r - np.asarray(test, np.float32).reshape(len(codes), -1)
-        self.sig[i] += np.bincount(codes, np.square(r).sum(1), self.G)   # float32 rows, summed pairwise by numpy
-        self.err[i] += np.bincount(codes, np.square(d).sum(1), self.G)
+        r = np.asarray(ref, np.float32).reshape(len(codes), -1)
+        d = np.subtract(r, np.asarray(test, np.float32).reshape(r.shape), out=self.scratch(r.shape))
+        self.err[i] += np.bincount(codes, np.square(d, out=d).sum(1), self.G)   # float32 rows, summed pairwise by numpy
+        self.sig[i] += np.bincount(codes, np.square(r, out=d).sum(1), self.G)
     def count(self, codes): self.n += np.bincount(codes, minlength=self.G)
+    def take(self, rows:Sequence[int], keys:Sequence[str]=None)->GroupEnergy:
+        "The energies of tensors `rows` (in that order, repeats allowed) under new `keys`"
+        e = GroupEnergy(keys if keys is not None else [self.keys[i] for i in rows], self.G)
+        e.sig, e.err, e.n = self.sig[list(rows)], self.err[list(rows)], self.n.copy()
+        return e
     def nsr(self, cols=None)->np.ndarray:
         "Noise-to-signal ratio per tensor, per group (cols=None) or pooled over the group indices `cols`"
         if cols is None: return self.err/np.maximum(self.sig, 1e-30)
@@ -212,27 +288,40 @@ def layer_ranking(table:pd.DataFrame)->list:
     return table.drop_duplicates('layer').sort_values('rank').layer.tolist()
 
 # %% ../nbs/45_fair_int8.ipynb #c90ee932
+def localisation_probes(q:onnx.ModelProto, f:onnx.ModelProto, # the INT8 model and its FP32 source
+                        table:pd.DataFrame=None)->dict: # `quantized_layers(q, f)`, when the caller has it
+    "The two probe models `localise_onnx` runs, the distinct (FP32 tensor, INT8 tensor, how) pairs it compares, and each layer's output and input pair"
+    L = quantized_layers(q, f) if table is None else table
+    po = [(r.out_ref, r.out_q, 'q') if r.probe == 'int8' else (r.out_fp32, r.out_int8, '') for r in L.itertuples()]
+    pi = [(r.in_fp32, r.in_q, 'q') if r.probe == 'int8' else (r.in_fp32, r.in_int8, 'relu' if r.relu_in else '') for r in L.itertuples()]
+    pairs = list(dict.fromkeys(po + pi))   # a layer's input is often the layer before's output: compared once
+    qp = {t: quant_params(q, t) for _, t, how in pairs if how == 'q'}
+    types = {t: helper.np_dtype_to_tensor_dtype(p[1].dtype) for t, p in qp.items()}
+    return dict(layers=L, pairs=pairs, out_rows=[pairs.index(p) for p in po], in_rows=[pairs.index(p) for p in pi], qparams=qp,
+                fp32=probe_model(f, [a for a, _, _ in pairs]), int8=probe_model(q, [t for _, t, _ in pairs], types))
+
 def localise_onnx(fp32, int8, # FP32 and INT8 ONNX models (paths or ModelProto)
                   x:np.ndarray, codes:np.ndarray, # preprocessed images (N, 3, H, W) and their group indices
                   groups:Sequence[str], # group names (index order)
                   batch_size:int=32, threads:int=None, progress:bool=True)->pd.DataFrame:
-    "Per quantized layer and group: SQNR of the INT8 layer output against FP32 (see `sqnr_table`)"
+    "Per quantized layer and group: SQNR of the INT8 layer output against FP32 (see `sqnr_table`), and how it was read (`probe`)"
     f = fp32 if isinstance(fp32, onnx.ModelProto) else load_onnx(fp32)
     q = int8 if isinstance(int8, onnx.ModelProto) else load_onnx(int8)
-    L = quantized_layers(q, f)
-    sf = session(probe_model(f, [*L.out_fp32, *L.in_fp32]), threads)
-    sq = session(probe_model(q, [*L.out_int8, *L.in_int8]), threads)
-    out, inp = GroupEnergy(L.layer, len(groups)), GroupEnergy(L.layer, len(groups))
-    codes = np.asarray(codes, dtype=int)
+    P = localisation_probes(q, f)
+    L, pairs, qp = P['layers'], P['pairs'], P['qparams']
+    sf, sq = session(P['fp32'], threads), session(P['int8'], threads)
+    E, codes = GroupEnergy([f'{a} ~ {t}' for a, t, _ in pairs], len(groups)), np.asarray(codes, dtype=int)
     for s in tqdm(range(0, len(x), batch_size), desc='localise', disable=not progress, leave=False):
         xb, cb = np.ascontiguousarray(x[s:s+batch_size], dtype=np.float32), codes[s:s+batch_size]
         a, b = _run_all(sf, xb), _run_all(sq, xb)
-        for i, r in enumerate(L.itertuples()):
-            out.add(i, a[r.out_fp32], b[r.out_int8], cb)
-            bi = np.maximum(b[r.in_int8], 0) if r.relu_in else b[r.in_int8]   # a Relu removed by the quantizer: apply it
-            inp.add(i, a[r.in_fp32], bi, cb)
-        out.count(cb); inp.count(cb)
-    return sqnr_table(out, inp, L.layer.tolist(), groups, L.op.tolist())
+        for k, (ra, tb, how) in enumerate(pairs):
+            v = b[tb]
+            if how == 'q': v = dequantize(v, *qp[tb], out=E.scratch(v.shape))
+            elif how == 'relu': v = np.maximum(v, 0, out=E.scratch(v.shape))   # a Relu the quantizer removed: apply it
+            E.add(k, a[ra], v, cb)
+        E.count(cb)
+    t = sqnr_table(E.take(P['out_rows'], L.layer), E.take(P['in_rows'], L.layer), L.layer.tolist(), groups, L.op.tolist())
+    return t.assign(probe=t.layer.map(dict(zip(L.layer, L.probe))))
 
 # %% ../nbs/45_fair_int8.ipynb #438e5aec
 def plot_layer_groups(table:pd.DataFrame, # `localise_onnx` / `localise_torch`

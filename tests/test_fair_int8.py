@@ -12,7 +12,7 @@ from fairquant.datasets import open_stage_dataset
 from fairquant.onnx_int8 import load_onnx, read_onnx_meta, calibration_mix
 from fairquant.fair_int8 import (example_int8_run, val_subset, quantized_layers, localise_onnx, layer_ranking, keep_float,
                                  fallback_search, logits, clipped_shares, calibration_check, CalibrationWarning, int8_fair,
-                                 _producers)
+                                 _producers, _consumers, localisation_probes, optimized_ops, probe_model, dequantize, session)
 
 TAG = 'resnet18'
 
@@ -103,3 +103,45 @@ def test_bad_inputs(ex, tmp_path):
     with pytest.raises(ValueError, match='max_worst_group_drop_pp=-0.5: must be ≥ 0'):
         fallback_search(ex['q'], ex['f'], quantized_layers(ex['q'], ex['f']).layer.tolist(), ex['x'], ex['y'], ex['c'], ex['ds'].groups, -0.5)
     with pytest.raises(ValueError, match='eps=-1 must be ≥ 0'): int8_fair(-1)
+
+
+def test_probed_int8_resnet_keeps_integer_kernels(ex):
+    "The INT8 probe reads QuantizeLinear outputs: onnxruntime still fuses every Conv into QLinearConv (the float read-out did not)"
+    L = quantized_layers(ex['q'], ex['f'])
+    assert (L.probe == 'int8').all() and len(L) == 21
+    ops = optimized_ops(localisation_probes(ex['q'], ex['f'], L)['int8'])
+    assert (ops.get('QLinearConv', 0), ops.get('QGemm', 0), ops.get('Conv', 0)) == (20, 1, 0), ops
+    old = optimized_ops(probe_model(ex['q'], [*L.out_int8, *L.in_int8]))   # every layer's float output and input, as before
+    assert (old.get('QLinearConv', 0), old.get('Conv', 0)) == (0, 20), old
+
+
+def test_dequantized_q_output_is_onnxruntimes_dequantizelinear(ex):
+    "dequantize(Q output) equals, bit for bit, the graph's own DequantizeLinear of that Q output, run by onnxruntime"
+    P = localisation_probes(ex['q'], ex['f'])
+    cons = _consumers(ex['q'].graph)
+    dq = {t: [c for c in cons[t] if c.op_type == 'DequantizeLinear'][0].output[0] for t in P['qparams']}
+    assert len(dq) >= 21
+    m = probe_model(ex['q'], [*dq, *dq.values()], {t: onnx.TensorProto.UINT8 for t in dq})
+    out = session(m).run(None, {'input': np.ascontiguousarray(ex['x'][:8])})
+    got = dict(zip([o.name for o in session(m).get_outputs()], out))
+    for t, d in dq.items():
+        assert got[t].dtype == np.uint8
+        np.testing.assert_array_equal(dequantize(got[t], *P['qparams'][t]), got[d])
+
+
+def test_localise_compares_what_flows(ex):
+    "Each int8-probed layer's SQNR equals one recomputed from the INT8 model's own DequantizeLinear output and FP32's tensor at that point"
+    L = quantized_layers(ex['q'], ex['f']).set_index('layer')
+    r = L.loc['/layer3/layer3.0/conv1/Conv']              # a removed ReLU: FP32 is compared after it
+    assert r.out_ref != r.out_fp32 and r.probe == 'int8'
+    dq = [c for c in _consumers(ex['q'].graph)[r.out_q] if c.op_type == 'DequantizeLinear'][0].output[0]
+    x, c = ex['x'][:40], ex['c'][:40]
+    a = tensor_of(ex['f'], r.out_ref, x); b = tensor_of(ex['q'], dq, x)
+    want = [10*np.log10((a[c == j].astype(np.float64)**2).sum()/((a[c == j].astype(np.float64) - b[c == j])**2).sum()) for j in range(2)]
+    t = localise_onnx(ex['f'], ex['q'], x, c, ex['ds'].groups, progress=False).set_index(['layer', 'group'])
+    np.testing.assert_allclose(t.loc['/layer3/layer3.0/conv1/Conv'].sqnr_db.to_numpy(), want, atol=0.02)
+
+
+def tensor_of(model, name, x):
+    "The tensor `name` of `model` for images `x` (one exposed output)"
+    return session(probe_model(model, [name])).run([name], {'input': np.ascontiguousarray(x)})[0]
