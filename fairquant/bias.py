@@ -18,12 +18,13 @@ from fairlearn.metrics import MetricFrame, count
 from .core import save_csv, save_figure, save_json, stage_dir, reference_dir, git_commit, read_csv
 
 # %% auto #0
-__all__ = ['PCT', 'SUMMARY_COLS', 'STUDY_CLASSES', 'FAIRFACE_RACES', 'read_table', 'parse_lists', 'to_names', 'read_preds',
-           'pair_runs', 'resolve_paths', 'group_is_label', 'read_runs', 'cells', 'metric_frame', 'class_metrics',
-           'per_group', 'per_run', 'summarise', 'group_rates', 'fairness_table', 'fairness_gaps', 'resolve_baseline',
-           'mcnemar_exact', 'compare_runs', 'boot_group_acc', 'bootstrap_cis', 'BiasReport', 'analyse', 'plot_overall',
-           'plot_group_acc', 'plot_group_delta', 'plot_gaps', 'plot_confusion', 'save_plots', 'write_report',
-           'label_map_from_pairs', 'relabel_map', 'relabel']
+__all__ = ['PCT', 'SUMMARY_COLS', 'STUDY_CLASSES', 'FAIRFACE_RACES', 'EXAMPLE_FILES', 'EXAMPLE_BASELINE', 'read_table',
+           'parse_lists', 'to_names', 'read_preds', 'pair_runs', 'resolve_paths', 'group_is_label', 'read_runs',
+           'cells', 'metric_frame', 'class_metrics', 'per_group', 'per_run', 'summarise', 'group_rates',
+           'fairness_table', 'fairness_gaps', 'resolve_baseline', 'mcnemar_exact', 'compare_runs', 'boot_group_acc',
+           'bootstrap_cis', 'BiasReport', 'analyse', 'plot_overall', 'plot_group_acc', 'plot_group_delta', 'plot_gaps',
+           'plot_confusion', 'save_plots', 'write_report', 'label_map_from_pairs', 'relabel_map', 'relabel',
+           'study_example']
 
 # %% ../nbs/60_bias_analysis.ipynb #0f8b70a3
 def _at(i:int)->str: return f"row {i} (line {i+2})"
@@ -665,3 +666,17 @@ def relabel(long:pd.DataFrame, # long table from `read_runs`
     out['top5'] = [[mapping[c] for c in l] for l in out.top5]
     out.attrs = dict(long.attrs)
     return out
+
+# %% ../nbs/60_bias_analysis.ipynb #9a71c773
+EXAMPLE_FILES = {'ViT-FP32': 'VIT-BASE-validation.csv', 'ViT-INT8': 'VIT-INT8-Quantized-Validation.csv',
+                 'Swin-FP32': 'Swin-Base-validation.csv', 'Swin-INT8': 'Swin-INT8-Quantized-Validation.csv'}   # the study's per-image CSVs
+EXAMPLE_BASELINE = {'ViT-INT8': 'ViT-FP32', 'Swin-INT8': 'Swin-FP32'}   # each INT8 model against its own FP32 model
+
+def study_example(study_dir, # the folder of the study's four CSVs (../shared/reference/fairface_vit_swin)
+                  n_boot:int=1000, seed:int=0, # bootstrap resamples and seed
+                  positive:str=None)->tuple: # positive class (the study's name) for the fairness gaps; None: the first
+    "(report in the study's names, report in the dataset's real race names) of the FairFace study, each INT8 run against its FP32 run"
+    long = read_runs([Path(study_dir)/f for f in EXAMPLE_FILES.values()], list(EXAMPLE_FILES), STUDY_CLASSES, pair_by='position')
+    to_real = relabel_map(STUDY_CLASSES, FAIRFACE_RACES)
+    return (analyse(long, EXAMPLE_BASELINE, n_boot=n_boot, seed=seed, positive=positive),
+            analyse(relabel(long, to_real), EXAMPLE_BASELINE, n_boot=n_boot, seed=seed, positive=to_real[positive] if positive else None))

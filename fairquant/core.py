@@ -11,12 +11,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'Registry', 'clean_stale_temps', 'atomic_path', 'atomic_dir',
-           'temp_dir_beside', 'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv',
-           'read_safetensors_header', 'read_safetensors', 'write_safetensors', 'stage_dir', 'new_run_dir',
+__all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'STAGE_HEADING', 'Registry', 'clean_stale_temps', 'atomic_path',
+           'atomic_dir', 'temp_dir_beside', 'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns',
+           'read_csv', 'read_safetensors_header', 'read_safetensors', 'write_safetensors', 'stage_dir', 'new_run_dir',
            'require_stage', 'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root',
            'git_commit', 'reference_dir', 'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline',
-           'run_pipeline_cli']
+           'cell_directives', 'stage_cells', 'stage_notebook', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -374,8 +374,9 @@ def run_pipeline(run_dir, # the run folder (created if missing)
                  stages:Iterable[str]=None, # stage names in order; default `DEMO_STAGES`
                  params:dict=None, # {stage: {name: value}} extra papermill parameters
                  progress:bool=True,
-                 nbs=None): # folder of the stage notebooks (default: the checkout's nbs/)
-    "Execute the stage notebooks with papermill into `run_dir` (everything checked first); returns the executed notebook paths"
+                 nbs=None, # folder of the stage notebooks (default: the checkout's nbs/)
+                 examples:bool=False): # also run the notebooks' worked examples and tests (see `stage_notebook`)
+    "Execute the stage notebooks with papermill into `run_dir` (everything checked first; stage cells only unless `examples`); returns the executed notebook paths"
     import papermill as pm
     stages, params, out = list(DEMO_STAGES if stages is None else stages), params or {}, []
     srcs = check_pipeline(stages, params, nbs)
@@ -384,11 +385,55 @@ def run_pipeline(run_dir, # the run folder (created if missing)
         dst = stage_dir(run_dir, stage)/f'{stage}.ipynb'
         if progress: print(f'== {stage} → {dst}', flush=True)
         t = datetime.datetime.now()
-        pm.execute_notebook(src, dst, parameters=dict(run_dir=str(run_dir), **params.get(stage, {})),
+        pm.execute_notebook(stage_notebook(src, examples), dst, parameters=dict(run_dir=str(run_dir), **params.get(stage, {})),
                             cwd=str(src.parent), kernel_name='python3', progress_bar=progress)
         if progress: print(f'   {stage} done in {(datetime.datetime.now()-t).total_seconds():.1f}s', flush=True)
         out.append(dst)
     return out
+
+# %% ../nbs/00_core.ipynb #361e59b0
+STAGE_HEADING = '## Run the stage'
+_DIRECTIVE = re.compile(r'^#\|\s*([\w-]+)')
+
+def cell_directives(src:str)->set:
+    "The nbdev directives (`#| export`, `#| hide`, ...) on the first lines of a cell"
+    out = set()
+    for line in src.splitlines():
+        m = _DIRECTIVE.match(line)
+        if not m: break
+        out.add(m.group(1))
+    return out
+
+def stage_cells(nb, # a stage notebook (nbformat)
+                name:str='notebook')->list: # named in errors
+    "Indices of the cells a pipeline run executes: the head, `#| export` cells, the parameters cell and what follows it, and the stage section"
+    cells = nb.cells
+    heads = [i for i, c in enumerate(cells) if c.cell_type == 'markdown' and c.source.startswith('## ')]
+    run = [i for i in heads if cells[i].source.startswith(STAGE_HEADING)]
+    params = [i for i, c in enumerate(cells) if 'parameters' in c.metadata.get('tags', [])]
+    if len(run) != 1: raise ValueError(f"{name}: expected one '{STAGE_HEADING}' heading, found {len(run)}")
+    if len(params) != 1: raise ValueError(f"{name}: expected one cell tagged 'parameters', found {len(params)}")
+    keep = set(range(heads[0])) | set(range(run[0], len(cells))) | {params[0]}
+    j = params[0] + 1
+    while j < len(cells) and cells[j].cell_type == 'code': keep.add(j); j += 1
+    keep |= {i for i, c in enumerate(cells) if c.cell_type == 'code' and cell_directives(c.source) & {'export', 'exports', 'exporti'}}
+    return sorted(keep)
+
+def stage_notebook(src, # a stage notebook file
+                   examples:bool=False): # True: the whole notebook, worked examples and tests included
+    "The notebook a pipeline run executes: its stage cells (`stage_cells`), with a note on what was left out"
+    import nbformat
+    nb = nbformat.read(str(src), as_version=4)
+    if examples: return nb
+    keep = set(stage_cells(nb, str(src)))
+    left = sum(c.cell_type == 'code' for i, c in enumerate(nb.cells) if i not in keep)
+    cells = [c for i, c in enumerate(nb.cells) if i in keep]
+    note = nbformat.v4.new_markdown_cell(
+        f"*Executed as a pipeline stage: the {left} worked-example and test cells of `{Path(src).name}` were left out "
+        f"(they run in `make test`; `fairquant-run --with-examples` keeps them).*")
+    at = next((k + 1 for k, c in enumerate(cells) if c.cell_type == 'markdown' and c.source.startswith('# ')), 0)
+    nb.cells = cells[:at] + [note] + cells[at:]
+    return nb
 
 # %% ../nbs/00_core.ipynb #49fde3fc
 def run_pipeline_cli():
@@ -398,6 +443,8 @@ def run_pipeline_cli():
     p.add_argument('--run_dir', default=None, help='run folder (default: a new runs/demo-<timestamp>)')
     p.add_argument('--stages', default=','.join(DEMO_STAGES), help='comma-separated stage names, in order')
     p.add_argument('--preset', default='tiny', choices=sorted(PRESETS), help='named parameter set (PRESETS)')
+    p.add_argument('--with-examples', action='store_true',
+                   help="also run each notebook's worked examples and tests (default: its stage cells only)")
     p.add_argument('--set', action='append', default=[], metavar='STAGE.NAME=VALUE',
                    help='a papermill parameter for one stage; VALUE is a Python literal or a string')
     a = p.parse_args()
@@ -416,5 +463,5 @@ def run_pipeline_cli():
     except (ValueError, FileNotFoundError) as e: p.error(str(e))
     run_dir = Path(a.run_dir) if a.run_dir else new_run_dir(project_root()/'runs', 'demo')
     t = datetime.datetime.now()
-    run_pipeline(run_dir, stages, params)
+    run_pipeline(run_dir, stages, params, examples=a.with_examples)
     print(f'run folder: {run_dir}  ({(datetime.datetime.now()-t).total_seconds():.0f}s)')

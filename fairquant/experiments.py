@@ -17,11 +17,12 @@ from .core import (Registry, STAGES, PRED_COLUMNS, save_json, load_json, save_cs
                             require_stage, check_pipeline, run_pipeline, nbs_dir, notebook_parameters, git_commit, project_root)
 
 # %% auto #0
-__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'TOPIC', 'SUMMARY_COLUMNS', 'SEED_METRICS', 'TINY_PARAMS',
-           'GridConfig', 'register_grid_config', 'load_grid', 'Step', 'plan_grid', 'run_step', 'step_state',
-           'check_grid_dir', 'connect', 'check_shared_fs', 'prediction_metrics', 'weight_count', 'onnx_avg_bits',
-           'result_bits', 'cell_summary', 'add_deltas', 'seed_summary', 'pareto_mask', 'plot_pareto', 'summarize_grid',
-           'plan_table', 'run_grid', 'format_summary', 'grid_cli', 'tiny_grid']
+__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'STEP_KINDS', 'CELL_STAGES', 'TOPIC', 'SUMMARY_COLUMNS',
+           'SEED_METRICS', 'TINY_PARAMS', 'GridConfig', 'register_grid_config', 'load_grid', 'Step', 'plan_grid',
+           'run_step', 'merge_validations', 'step_state', 'check_grid_dir', 'connect', 'check_shared_fs',
+           'prediction_metrics', 'weight_count', 'onnx_avg_bits', 'result_bits', 'cell_summary', 'add_deltas',
+           'seed_summary', 'pareto_mask', 'plot_pareto', 'summarize_grid', 'plan_table', 'run_grid', 'format_summary',
+           'grid_cli', 'tiny_grid']
 
 # %% ../nbs/70_experiments.ipynb #efe5dbbc
 DEFAULT_GRID = """\
@@ -46,13 +47,15 @@ params:
 # %% ../nbs/70_experiments.ipynb #eb1d5781
 @dataclass(frozen=True)
 class GridConfig:
-    "What a grid configuration runs in its cell and which validated run is its result"
+    "What a grid configuration runs before validation, which of that it shares, and which validated run is its result"
     name: str                     # the key used in grid files
-    stages: tuple                 # the cell's own stages before validation (e.g. 30_mixed_precision), in pipeline order
+    stages: tuple                 # stages before validation (e.g. 30_mixed_precision), in pipeline order, each a shared step
     result: str                   # its run in 50_validation; '{tag}' is the model's tag
     params: dict = None           # {stage: {parameter: value}}; '{tag}' in strings becomes the model's tag
     metric: str = None            # importance metric of 20_importance it needs (a shared step); None: none
     baseline: str = '{tag}-fp32'  # validated beside the result so 60_bias_analysis compares them (None: nothing)
+    steps: dict = None            # {stage: step name}: configurations whose stage has the same step name and settings share
+                                  # one run of it per dataset × model × seed (default name: the configuration's)
 
 GRID_CONFIGS = Registry('grid configuration')
 
@@ -68,16 +71,17 @@ for _n, _m in [('uniform8', None), ('uniform4', None), ('fairgrape', 'grape'), (
                ('hawq', 'hawq'), ('fq_qat', 'grape'), ('fq_baq', 'grape')]:
     register_grid_config(_n, ['30_mixed_precision'], f'{{tag}}-{_n}', metric=_m,
                          params={'30_mixed_precision': {'configs': [_n], 'tags': ['{tag}']}})
-register_grid_config('int8_static', ['40_onnx_int8'], '{tag}-int8-static',
-                     params={'40_onnx_int8': {'tags': ['{tag}'], 'static': True, 'dynamic': False}})
-register_grid_config('int8_dynamic', ['40_onnx_int8'], '{tag}-int8-dynamic',
-                     params={'40_onnx_int8': {'tags': ['{tag}'], 'static': False, 'dynamic': True}})
+# the INT8 configurations share one stage-40 run per model (static and dynamic, one calibration draw)
+_INT8 = {'40_onnx_int8': {'tags': ['{tag}'], 'static': True, 'dynamic': True}}
+register_grid_config('int8_static', ['40_onnx_int8'], '{tag}-int8-static', params=_INT8, steps={'40_onnx_int8': 'int8'})
+register_grid_config('int8_dynamic', ['40_onnx_int8'], '{tag}-int8-dynamic', params=_INT8, steps={'40_onnx_int8': 'int8'})
 # INT8 static with the fairness-targeted fallback of 45_fair_int8 (ε = its max_worst_group_drop_pp, 1 pp by default)
-register_grid_config('int8_fair', ['40_onnx_int8', '45_fair_int8'], '{tag}-int8-fair',
-                     params={'40_onnx_int8': {'tags': ['{tag}'], 'static': True, 'dynamic': False},
-                             '45_fair_int8': {'tags': ['{tag}'], 'max_worst_group_drop_pp': 1.0}})
-# the fq_qat run of 30_mixed_precision shipped as one 2/4/8-bit ONNX file (weights_only: numerically the run's model)
+register_grid_config('int8_fair', ['40_onnx_int8', '45_fair_int8'], '{tag}-int8-fair', steps={'40_onnx_int8': 'int8'},
+                     params={**_INT8, '45_fair_int8': {'tags': ['{tag}'], 'max_worst_group_drop_pp': 1.0}})
+# the fq_qat run of 30_mixed_precision (the fq_qat configuration's own run) shipped as one 2/4/8-bit ONNX file
+# (weights_only: numerically the run's model)
 register_grid_config('fq_qat_onnx', ['30_mixed_precision', '40_onnx_int8'], '{tag}-fq_qat-onnx', metric='grape',
+                     steps={'30_mixed_precision': 'fq_qat'},
                      params={'30_mixed_precision': {'configs': ['fq_qat'], 'tags': ['{tag}']},
                              '40_onnx_int8': {'tags': ['{tag}'], 'static': False, 'dynamic': False,
                                               'mixed_configs': ['fq_qat'], 'mixed_modes': ['weights_only']}})
@@ -213,28 +217,46 @@ def _params(g:dict, stage:str, seed:int, nbs:str, **own)->dict:
     p = {'seed': seed} if 'seed' in _stage_params(stage, nbs) else {}
     return {**p, **g['params'].get(stage, {}), **own}
 
-def _cell(g, ds, m, seed, name, base, nbs)->Step:
+STEP_KINDS = {'30_mixed_precision': 'mixed', '40_onnx_int8': 'onnx', '45_fair_int8': 'fair'}   # kinds of the shared stage steps
+CELL_STAGES = ['50_validation']   # what every cell runs in its own folder (60_bias_analysis runs once per model: `_bias_step`)
+
+def _cell(g, ds, m, seed, name, base, nbs)->tuple:
+    "(the cell of a configuration, the shared steps that run its stages before validation)"
     c, tag = GRID_CONFIGS.get(name)(), m['tag']
     result, baseline = _fill(c.result, tag), _fill(c.baseline, tag) if c.baseline else None
-    stages = sorted({*c.stages, '50_validation', '60_bias_analysis'}, key=STAGES.index)
-    own = {s: _fill((c.params or {}).get(s, {}), tag) for s in stages}
-    own['50_validation'] = dict(own['50_validation'], runs=list(dict.fromkeys([r for r in (baseline, result) if r])))
+    own = lambda s: _fill((c.params or {}).get(s, {}), tag)
     links = {'00_datasets': f'{base}/data/00_datasets', '10_finetune_vit_swin': f'{base}/{tag}/train/10_finetune_vit_swin'}
     deps = [f"data/{ds['tag']}/s{seed}", f"train/{ds['tag']}/s{seed}/{tag}"]
     if c.metric:
         links['20_importance'] = f'{base}/{tag}/importance-{c.metric}/20_importance'
         deps.append(f"importance/{ds['tag']}/s{seed}/{tag}/{c.metric}")
-    return Step(f"cell/{ds['tag']}/{tag}/s{seed}/{name}", 'cell', f"cells/{ds['tag']}/{tag}/s{seed}/{name}", stages,
-                {s: _params(g, s, seed, nbs, **own[s]) for s in stages}, links, deps,
-                dict(dataset=ds['tag'], model=tag, seed=seed, config=name, result=result, baseline=baseline))
+    shared = []
+    for st in c.stages:   # each stage a step of its own, linked into the cell and into the next stage's step
+        folder, kind = f"{st[:2]}-{(c.steps or {}).get(st, name)}", STEP_KINDS.get(st, st)
+        shared.append(Step(f"{kind}/{ds['tag']}/s{seed}/{tag}/{folder}", kind, f'{base}/{tag}/{folder}', [st],
+                           {st: _params(g, st, seed, nbs, **own(st))}, dict(links), list(deps),
+                           dict(dataset=ds['tag'], model=tag, seed=seed, configs=[name])))
+        links[st], deps = f'{base}/{tag}/{folder}/{st}', deps + [shared[-1].key]
+    runs = list(dict.fromkeys([r for r in (baseline, result) if r]))
+    cell = Step(f"cell/{ds['tag']}/{tag}/s{seed}/{name}", 'cell', f"cells/{ds['tag']}/{tag}/s{seed}/{name}", list(CELL_STAGES),
+                {s: _params(g, s, seed, nbs, **own(s), **({'runs': runs} if s == '50_validation' else {})) for s in CELL_STAGES},
+                links, deps, dict(dataset=ds['tag'], model=tag, seed=seed, config=name, result=result, baseline=baseline, uses=list(c.stages)))
+    return cell, shared
+
+def _bias_step(g, ds, m, seed, base, cells, nbs)->Step:
+    "60_bias_analysis once per dataset × model × seed, over the validated runs of all its cells (each against its baseline)"
+    tag = m['tag']
+    return Step(f"bias/{ds['tag']}/s{seed}/{tag}", 'bias', f'{base}/{tag}/bias', ['60_bias_analysis'],
+                {'60_bias_analysis': _params(g, '60_bias_analysis', seed, nbs)}, {f"cell-{c.info['config']}": c.run_dir for c in cells},
+                [c.key for c in cells], dict(dataset=ds['tag'], model=tag, seed=seed, configs=[c.info['config'] for c in cells]))
 
 # %% ../nbs/70_experiments.ipynb #e12c6fc0
 def plan_grid(grid, # a grid (file, text or dict: see `load_grid`) or what `load_grid` returned
               nbs=None)->list: # folder of the stage notebooks (default: the checkout's nbs/)
-    "The steps of a grid, shared ones first, every stage parameter checked against the notebooks"
+    "The steps of a grid, shared ones first (each run once), every stage parameter checked against the notebooks"
     g = load_grid(grid)
     nbs = str(Path(nbs or nbs_dir()).resolve())
-    data, train, imp, cells = [], [], {}, []
+    data, train, imp, shared, cells, bias = [], [], {}, {}, [], []
     for ds in g['datasets']:
         for seed in g['seeds']:
             base, k = f"shared/{ds['tag']}-s{seed}", f"{ds['tag']}/s{seed}"
@@ -247,14 +269,21 @@ def plan_grid(grid, # a grid (file, text or dict: see `load_grid`) or what `load
                                   {'10_finetune_vit_swin': _params(g, '10_finetune_vit_swin', seed, nbs, models=[m['entry']])},
                                   link0, [f'data/{k}'], dict(dataset=ds['tag'], model=tag, seed=seed)))
                 for name in g['configs']:
-                    c = _cell(g, ds, m, seed, name, base, nbs); cells.append(c)
+                    c, steps = _cell(g, ds, m, seed, name, base, nbs); cells.append(c)
+                    for s in steps:
+                        if s.key not in shared: shared[s.key] = s; continue
+                        if shared[s.key].spec() != s.spec():
+                            raise ValueError(f"grid configurations {shared[s.key].info['configs']} and {name!r} name the same step "
+                                             f"{s.run_dir} with different settings; give one of them another step name")
+                        shared[s.key].info['configs'].append(name)
                     metric = GRID_CONFIGS.get(name)().metric
                     if metric and (key := f'importance/{k}/{tag}/{metric}') not in imp:
                         imp[key] = Step(key, 'importance', f'{base}/{tag}/importance-{metric}', ['20_importance'],
                                         {'20_importance': _params(g, '20_importance', seed, nbs, metrics=[metric], tags=[tag])},
                                         {**link0, '10_finetune_vit_swin': f'{base}/{tag}/train/10_finetune_vit_swin'},
                                         [f'data/{k}', f'train/{k}/{tag}'], dict(dataset=ds['tag'], model=tag, seed=seed, metric=metric))
-    steps = data + train + list(imp.values()) + cells
+                bias.append(_bias_step(g, ds, m, seed, base, cells[-len(g['configs']):], nbs))
+    steps = data + train + list(imp.values()) + list(shared.values()) + cells + bias
     for st in sorted({st for s in steps for st in s.stages}, key=STAGES.index):
         names = {k for s in steps for k in s.params.get(st, {})}   # each stage's notebook is inspected once (cached)
         extra = sorted(names - set(_stage_params(st, nbs)))
@@ -311,6 +340,7 @@ def run_step(step:dict, # a `Step` as a dict (what `plan_grid` made)
             print(f"== {s.key} on {socket.gethostname()} pid {os.getpid()}, {datetime.datetime.now().isoformat(timespec='seconds')}", flush=True)
             stage = 'links'
             for st, target in s.links.items(): _link(run, st, Path(grid_dir)/target)
+            if s.kind == 'bias': merge_validations(run, [run/k for k in s.links])
             for stage in s.stages:
                 _event(key=s.key, stage=stage, event='start')
                 t = time.time()
@@ -330,6 +360,42 @@ def _finish(run:Path, s:Step, res:dict, status:str, t0:float, error:str=None)->d
                finished=datetime.datetime.now().isoformat(timespec='seconds'))
     save_json(rec, run/('done.json' if status == 'done' else 'failed.json'))
     return res
+
+# %% ../nbs/70_experiments.ipynb #000ea47f
+def _merged_name(e:dict, onnx_tags:set)->str:
+    "A checkpoint's `<tag>-fp32` is `<tag>-torch-fp32` when some merged folder's `<tag>-fp32` is the ONNX export (as 50_validation names it)"
+    torch = e['kind'] == 'checkpoint' and e['tag'] in onnx_tags and e['run'] == f"{e['tag']}-fp32"
+    return f"{e['tag']}-torch-fp32" if torch else e['run']
+
+def merge_validations(run_dir, # the run folder to get the merged 50_validation/
+                      sources:Sequence, # run folders whose 50_validation/ to merge
+                      )->Path: # the merged 50_validation folder
+    "One `50_validation` folder indexing every run validated in `sources`: CSV links and one runs.json (a run in several must agree)"
+    out = Path(run_dir)/'50_validation'
+    if out.exists(): shutil.rmtree(out)
+    out.mkdir(parents=True)
+    found = []
+    for src in sources:
+        d = require_stage(src, '50_validation', 'runs.json', needed_by='the bias analysis of a grid')
+        found.append((d, load_json(d/'runs.json')['runs']))
+    onnx = {e['tag'] for _, es in found for e in es if e['kind'] == 'onnx' and e['precision'] == 'fp32' and e['run'] == f"{e['tag']}-fp32"}
+    runs, where = {}, {}
+    for d, es in found:
+        names = {e['run']: _merged_name(e, onnx) for e in es}   # baselines name runs of the same folder
+        for e in es:
+            f, name = d/e['csv'], names[e['run']]
+            e = dict(e, run=name, csv=f'{name}.csv', baseline=names.get(e['baseline'], e['baseline']), merged_from=str(f))
+            if name in runs:
+                a, b = (read_csv(x, PRED_COLUMNS, dtype=str) for x in (where[name], f))
+                same = e['sha256'] == runs[name]['sha256'] and e['ids_sha1'] == runs[name]['ids_sha1'] and \
+                       a[['image_id', 'predicted_label', 'top1_pred']].equals(b[['image_id', 'predicted_label', 'top1_pred']])
+                if not same: raise ValueError(f"run {name!r} differs between {where[name]} and {f} (model file, images or "
+                                              "predictions); they cannot be analysed as one run")
+                continue
+            runs[name], where[name] = e, f
+            os.symlink(os.path.relpath(f, out), out/e['csv'])
+    save_json(dict(runs=list(runs.values()), merged_from=[str(s) for s in sources], git_commit=git_commit()), out/'runs.json')
+    return out
 
 # %% ../nbs/70_experiments.ipynb #e22d200f
 def step_state(grid_dir, step:Step)->str:
@@ -605,17 +671,18 @@ def _raw(g:dict)->dict:
                 models=[m['entry'] for m in g['models']], configs=g['configs'], seeds=g['seeds'], params=g['params'])
 
 def plan_table(steps:list, states:dict)->pd.DataFrame:
-    "The cells of a plan, one row each, with the stages they run and their state"
+    "The cells of a plan, one row each: the shared stage steps they use, the stages they run, their state"
     return pd.DataFrame([dict(dataset=s.info['dataset'], model=s.info['model'], seed=s.info['seed'], config=s.info['config'],
-                              stages=' '.join(x[:2] for x in s.stages), state=states[s.key]) for s in steps if s.kind == 'cell'])
+                              shared=' '.join(x[:2] for x in s.info.get('uses', [])), stages=' '.join(x[:2] for x in s.stages),
+                              state=states[s.key]) for s in steps if s.kind == 'cell'])
 
 def _show_plan(g, steps, states, grid_dir, say):
     cells, shared = [s for s in steps if s.kind == 'cell'], [s for s in steps if s.kind != 'cell']
     todo = lambda ss: sum(states[s.key] != 'done' for s in ss)
     say(f"grid {g['name']!r} in {grid_dir}: {len(g['datasets'])} dataset(s) × {len(g['models'])} model(s) × {len(g['configs'])} "
         f"configuration(s) × {len(g['seeds'])} seed(s) = {len(cells)} cells ({todo(cells)} to run); "
-        f"{len(shared)} shared steps ({todo(shared)} to run: " + ', '.join(f"{k} {sum(s.kind == k and states[s.key] != 'done' for s in shared)}"
-                                                                    for k in ('data', 'train', 'importance')) + ')')
+        f"{len(shared)} other steps ({todo(shared)} to run: " + ', '.join(f"{k} {sum(s.kind == k and states[s.key] != 'done' for s in shared)}"
+                                                                    for k in dict.fromkeys(s.kind for s in shared)) + ')')
     say('cells:\n' + plan_table(steps, states).to_string(index=False))
 
 # %% ../nbs/70_experiments.ipynb #ea933498
@@ -674,7 +741,8 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
         client.close()
         if cluster is not None: cluster.close()
     summary, _ = summarize_grid(grid_dir)
-    prog.say(f"summary: {grid_dir/'summary.csv'}, over seeds: {grid_dir/'summary_seeds.csv'}, figure: {grid_dir/'pareto.png'}")
+    prog.say(f"summary: {grid_dir/'summary.csv'}, over seeds: {grid_dir/'summary_seeds.csv'}, figure: {grid_dir/'pareto.png'}; "
+             f"bias analyses: {grid_dir}/shared/<dataset>-s<seed>/<model>/bias/60_bias_analysis/")
     return summary
 
 # %% ../nbs/70_experiments.ipynb #e9109c85

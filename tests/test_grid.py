@@ -57,7 +57,7 @@ def resumed(spec, tmp_path_factory):
 
 def test_rerun_completes_only_missing_cells(resumed):
     g, out, first, missing = resumed
-    assert "= 2 cells (1 to run); 2 shared steps (0 to run" in out, out[:3000]
+    assert "= 2 cells (1 to run); 4 other steps (1 to run" in out, out[:3000]
     assert f"✓ cell/{missing.removeprefix('cells/')} done" in out, out
     assert f"cell/{first.removeprefix('cells/')}:" not in out, out   # no stage of the finished cell ran again
     s = pd.read_csv(g/'summary.csv')

@@ -48,3 +48,33 @@ def test_runner_validates_everything_before_running(tmp_path):
         r = _cli(*args, '--run_dir', str(run))
         assert r.returncode == 2 and msg in r.stderr, (args, r.returncode, r.stderr[-2000:])
         assert not run.exists(), args
+
+def test_runner_executes_stage_cells_only(tmp_path):
+    "A pipeline run executes a notebook's stage cells (its examples and tests are left out, with a note); --with-examples runs all"
+    import nbformat
+    from fairquant.core import stage_cells
+    src = nbformat.read(ROOT/'nbs'/'00_datasets.ipynb', as_version=4)
+    runs = {}
+    for mode, extra in (('stage', []), ('full', ['--with-examples'])):
+        r = _cli('--stages', '00_datasets', '--run_dir', str(tmp_path/mode), '--set', "00_datasets.options={'n': 120}", *extra, timeout=300)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        runs[mode] = nbformat.read(tmp_path/mode/'00_datasets'/'00_datasets.ipynb', as_version=4)
+    code = lambda nb: [c.source for c in nb.cells if c.cell_type == 'code' and 'injected-parameters' not in c.metadata.get('tags', [])]
+    kept = [src.cells[i].source for i in stage_cells(src) if src.cells[i].cell_type == 'code']
+    assert code(runs['stage']) == kept and len(kept) < len(code(src))
+    assert code(runs['full']) == code(src)
+    left = len(code(src)) - len(kept)
+    assert any(f"the {left} worked-example and test cells of `00_datasets.ipynb` were left out" in c.source
+               for c in runs['stage'].cells if c.cell_type == 'markdown')
+    assert (tmp_path/'stage'/'00_datasets'/'images.csv').read_bytes() == (tmp_path/'full'/'00_datasets'/'images.csv').read_bytes()
+
+def test_bias_stage_alone_runs_the_study_example(tmp_path):
+    "60_bias_analysis alone, without per-image CSVs: the FairFace study's worked example, computed by `study_example` (its cells are left out)"
+    from fairquant.core import reference_dir
+    if reference_dir() is None or not (reference_dir()/'fairface_vit_swin').is_dir():
+        import pytest; pytest.skip('../shared/reference/fairface_vit_swin absent')
+    r = _cli('--stages', '60_bias_analysis', '--run_dir', str(tmp_path/'run'), '--set', '60_bias_analysis.n_boot=50', timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = pd.read_csv(tmp_path/'run'/'60_bias_analysis'/'summary.csv').set_index('run')
+    assert [round(float(s.loc[k, 'top1']), 2) for k in ('ViT-FP32', 'ViT-INT8', 'Swin-FP32', 'Swin-INT8')] == [72.06, 67.99, 71.94, 70.89]
+    assert s.loc['ViT-FP32', 'worst_group'] == 'Latino_Hispanic'   # the dataset's real race names
