@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import precision_score, precision_recall_fscore_support, recall_score, f1_score
 from fairlearn.metrics import MetricFrame, count
 
-from .core import save_csv, save_figure, save_json, stage_dir, reference_dir, git_commit, read_csv
+from .core import scratch_dir, save_csv, save_figure, save_json, stage_dir, reference_dir, git_commit, read_csv
 
 # %% auto #0
 __all__ = ['PCT', 'SUMMARY_COLS', 'STUDY_CLASSES', 'FAIRFACE_RACES', 'EXAMPLE_FILES', 'EXAMPLE_BASELINE', 'read_table',

@@ -11,12 +11,13 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'STAGE_HEADING', 'Registry', 'clean_stale_temps', 'atomic_path',
-           'atomic_dir', 'temp_dir_beside', 'save_json', 'load_json', 'save_csv', 'save_figure', 'require_columns',
-           'read_csv', 'read_safetensors_header', 'read_safetensors', 'write_safetensors', 'stage_dir', 'new_run_dir',
-           'require_stage', 'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root',
-           'git_commit', 'reference_dir', 'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline',
-           'cell_directives', 'stage_cells', 'stage_notebook', 'run_pipeline_cli']
+__all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'STAGE_HEADING', 'Registry', 'clean_stale_temps',
+           'atomic_path', 'scratch_dir', 'atomic_dir', 'temp_dir_beside', 'save_json', 'load_json', 'save_csv',
+           'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header', 'read_safetensors',
+           'write_safetensors', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes', 'predictions_table',
+           'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir', 'nbs_dir',
+           'notebook_parameters', 'check_pipeline', 'run_pipeline', 'cell_directives', 'stage_cells', 'stage_notebook',
+           'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -77,6 +78,23 @@ def atomic_path(path, # final file name
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+# %% ../nbs/00_core.ipynb #86433c37
+SCRATCH_ROOT = 'fairquant-scratch'
+_swept = set()
+
+def scratch_dir(prefix:str='fq_', # the folder name's start
+               )->Path:
+    "A new temporary folder in `$TMPDIR/fairquant-scratch/<host>-<pid>/`; the first call removes the folders of ended processes"
+    root, host = Path(tempfile.gettempdir())/SCRATCH_ROOT, socket.gethostname()
+    if root not in _swept and root.is_dir():
+        for d in root.iterdir():
+            h, _, pid = d.name.rpartition('-')
+            if h == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)): shutil.rmtree(d, ignore_errors=True)
+    _swept.add(root)
+    own = root/f'{host}-{os.getpid()}'
+    own.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=own))
 
 # %% ../nbs/00_core.ipynb #4f5b2037
 def _umask()->int:

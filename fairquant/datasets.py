@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .core import (Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir,
+from .core import (scratch_dir, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir,
                             read_csv, require_columns, require_stage)
 
 # %% auto #0

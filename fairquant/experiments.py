@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .core import (Registry, STAGES, PRED_COLUMNS, save_json, load_json, save_csv, save_figure, read_csv,
+from .core import (scratch_dir, Registry, STAGES, PRED_COLUMNS, save_json, load_json, save_csv, save_figure, read_csv,
                             require_stage, check_pipeline, run_pipeline, nbs_dir, notebook_parameters, git_commit, project_root)
 
 # %% auto #0

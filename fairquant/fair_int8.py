@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
-from .core import (atomic_path, save_json, load_json, save_csv, read_csv, require_stage, stage_dir)
+from .core import (scratch_dir, atomic_path, save_json, load_json, save_csv, read_csv, require_stage, stage_dir)
 from .finetune import group_metrics
 from .onnx_int8 import (load_onnx, read_onnx_meta, set_onnx_meta, QUANT_OPTIONS)
 
@@ -41,7 +41,7 @@ def example_int8_run(dest, # run folder to fill (00, 10 from `example_run`, then
                                      convert_checkpoint, write_models_index)
     key, dest = (tuple(tags), calib_n, calib_strategy, seed), Path(dest)
     if key not in _EXAMPLES or not (_EXAMPLES[key]/'40_onnx_int8'/'models.json').exists():
-        src = example_run(Path(tempfile.mkdtemp(prefix='fq45_ex_'))/'run')   # the cached vit_mini + resnet18
+        src = example_run(Path(scratch_dir('fq45_ex_'))/'run')   # the cached vit_mini + resnet18
         ds, out = open_stage_dataset(src), stage_dir(src, '40_onnx_int8')
         cal = extract_calibration(ds, out/'calibration', calib_n, calib_strategy, 'val', seed)
         man = read_calibration(cal, ds.classes, ds.groups)

@@ -22,7 +22,7 @@ from timm.data import resolve_model_data_config
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import write_safetensors, Registry, atomic_path, atomic_dir, read_safetensors, read_safetensors_header, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
+from .core import scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, read_safetensors, read_safetensors_header, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
 from .datasets import GroupDataset, build_transform, open_stage_dataset, get_dataset, save_stage_dataset
 
 # %% auto #0

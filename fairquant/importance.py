@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .core import (write_safetensors, Registry, atomic_path, temp_dir_beside, save_json, load_json, save_csv, save_figure, stage_dir,
+from .core import (scratch_dir, write_safetensors, Registry, atomic_path, temp_dir_beside, save_json, load_json, save_csv, save_figure, stage_dir,
                             require_stage, git_commit)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, Checkpoint

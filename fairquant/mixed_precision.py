@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import (write_safetensors, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, require_stage,
+from .core import (scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, require_stage,
                             set_seed, git_commit, save_predictions)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, build_model, group_metrics, split_data, checkpoint_paths

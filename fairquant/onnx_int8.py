@@ -20,7 +20,7 @@ from onnxruntime.quantization import (quantize_static, quantize_dynamic, quant_p
 from onnxruntime.quantization.registry import QLinearOpsRegistry, QDQRegistry
 from tqdm.auto import tqdm
 
-from .core import (Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, read_csv, stage_dir,
+from .core import (scratch_dir, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, read_csv, stage_dir,
                             require_stage, git_commit)
 from .datasets import GroupDataset, build_transform, read_image
 from .finetune import load_checkpoint, group_metrics

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .core import (Registry, atomic_path, save_json, load_json, save_csv, read_csv, stage_dir, require_stage,
+from .core import (scratch_dir, Registry, atomic_path, save_json, load_json, save_csv, read_csv, stage_dir, require_stage,
                             rank_classes, predictions_table, save_predictions, PRED_COLUMNS, git_commit)
 from .datasets import GroupDataset, ImageGroupDataset, build_transform, open_stage_dataset, dataset_identity
 from .finetune import load_checkpoint, group_metrics
