@@ -16,15 +16,16 @@ from sklearn.metrics import precision_score, precision_recall_fscore_support, re
 from fairlearn.metrics import MetricFrame, count
 
 from .core import scratch_dir, save_csv, save_figure, save_json, stage_dir, reference_dir, git_commit, read_csv
+from . import metrics as fqm   # the one definition of every number: gaps, fairness differences, the bootstrap, the per-group plot
+from .metrics import boot_group_acc, confusion_by_group, percentile_ci, worst_best_groups
 
 # %% auto #0
 __all__ = ['PCT', 'SUMMARY_COLS', 'STUDY_CLASSES', 'FAIRFACE_RACES', 'EXAMPLE_FILES', 'EXAMPLE_BASELINE', 'read_table',
            'parse_lists', 'to_names', 'read_preds', 'pair_runs', 'resolve_paths', 'group_is_label', 'read_runs',
-           'cells', 'metric_frame', 'class_metrics', 'per_group', 'per_run', 'summarise', 'group_rates',
-           'fairness_table', 'fairness_gaps', 'resolve_baseline', 'mcnemar_exact', 'compare_runs', 'boot_group_acc',
-           'bootstrap_cis', 'BiasReport', 'analyse', 'plot_overall', 'plot_group_acc', 'plot_group_delta', 'plot_gaps',
-           'plot_confusion', 'save_plots', 'write_report', 'label_map_from_pairs', 'relabel_map', 'relabel',
-           'study_example']
+           'cells', 'metric_frame', 'class_metrics', 'per_group', 'per_run', 'summarise', 'fairness_table',
+           'fairness_gaps', 'resolve_baseline', 'mcnemar_exact', 'compare_runs', 'bootstrap_cis', 'BiasReport',
+           'analyse', 'plot_overall', 'plot_group_acc', 'plot_group_delta', 'plot_gaps', 'plot_confusion', 'save_plots',
+           'write_report', 'label_map_from_pairs', 'relabel_map', 'relabel', 'study_example']
 
 # %% ../nbs/60_bias_analysis.ipynb #0f8b70a3
 def _at(i:int)->str: return f"row {i} (line {i+2})"
@@ -329,50 +330,28 @@ SUMMARY_COLS = ['run', 'n', 'top1', 'top5', 'macro_recall', 'best_group', 'best_
 def summarise(runs:pd.DataFrame,   # from `per_run`
               groups:pd.DataFrame, # from `per_group`
              )->pd.DataFrame:
-    "One row per run: overall metrics, best and worst group, gap and population std across groups (pp)"
+    "One row per run: overall metrics, best and worst group (as `fairquant.metrics` fixes them), gap and population std across groups (pp)"
     acc = groups.pivot(index='run', columns='group', values='top1')
     acc = acc.reindex(index=runs.run, columns=[g for g in groups.group.unique() if g in acc.columns])
-    s = pd.DataFrame(dict(best_group=acc.idxmax(axis=1), best_acc=acc.max(axis=1), worst_group=acc.idxmin(axis=1),
-                          worst_acc=acc.min(axis=1), std_pp=acc.std(axis=1, ddof=0)))
+    names, A = np.array(acc.columns, dtype=object), acc.to_numpy(float)
+    wb = np.array([worst_best_groups(a) for a in A]).reshape(-1, 2)   # (worst, best) per run
+    rows = np.arange(len(A))
+    s = pd.DataFrame(dict(best_group=names[wb[:, 1]], best_acc=A[rows, wb[:, 1]], worst_group=names[wb[:, 0]],
+                          worst_acc=A[rows, wb[:, 0]], std_pp=acc.std(axis=1, ddof=0).to_numpy()), index=acc.index)
     s['gap_pp'] = s.best_acc - s.worst_acc
     out = runs.merge(s.reset_index(), on='run')
     return out[SUMMARY_COLS + [c for c in out.columns if c not in SUMMARY_COLS]]
 
 # %% ../nbs/60_bias_analysis.ipynb #5e53606c
-def _confusion(y_true, y_pred, w, n_classes:int)->np.ndarray:
-    return np.bincount(np.asarray(y_true) * n_classes + np.asarray(y_pred), weights=w, minlength=n_classes**2).reshape(n_classes, n_classes)
-
-def group_rates(long:pd.DataFrame)->pd.DataFrame:
-    "Per run × group × class (one-vs-rest): selection rate, TPR and FPR (NaN where undefined)"
-    K = len(long.true_label.cat.categories)
-    c = cells(long)
-    mf = MetricFrame(metrics=dict(cm=lambda y_true, y_pred, w: _confusion(y_true, y_pred, w, K)),
-                     y_true=c.true_label.cat.codes.to_numpy(), y_pred=c.pred.cat.codes.to_numpy(),
-                     sensitive_features=_col(c, 'group'), control_features=_col(c, 'run'), sample_params=dict(cm=dict(w=c.w.to_numpy(float))))
-    cm = np.stack(mf.by_group.cm.to_numpy()).astype(float)            # (run × group) × true × pred
-    n, pos, hits, tp = cm.sum((1, 2))[:, None], cm.sum(2), cm.sum(1), np.diagonal(cm, axis1=1, axis2=2)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        rates = dict(sel=hits / n, tpr=np.where(pos > 0, tp / pos, np.nan), fpr=np.where(n - pos > 0, (hits - tp) / (n - pos), np.nan))
-    idx = mf.by_group.index
-    return pd.DataFrame(dict(run=np.repeat(idx.get_level_values('run'), K), group=np.repeat(idx.get_level_values('group'), K),
-                             cls=np.tile(list(long.true_label.cat.categories), len(idx)), **{k: v.ravel() for k, v in rates.items()}))
-
-def _spread(s:pd.Series)->float:
-    s = s.dropna()
-    return float(s.max() - s.min()) if len(s) >= 2 else np.nan
-
-def _gaps(d:pd.DataFrame)->pd.Series:
-    eo, fp = _spread(d.tpr), _spread(d.fpr)
-    return pd.Series(dict(dp_pp=100 * _spread(d.sel), eo_pp=100 * eo, eodds_pp=100 * (np.nan if np.isnan(eo) and np.isnan(fp) else np.nanmax([eo, fp]))))
-
 def fairness_table(long:pd.DataFrame)->pd.DataFrame:
-    "Per run and positive class: demographic parity, equal opportunity and equalized odds gaps across groups (pp), plus their mean over classes"
-    runs, classes = list(long.run.cat.categories), list(long.true_label.cat.categories)
-    df = group_rates(long).groupby(['run', 'cls'], sort=False).apply(_gaps, include_groups=False).reset_index()
-    df = df.rename(columns=dict(cls='positive'))
-    df = df.set_index(['run', 'positive']).reindex(pd.MultiIndex.from_product([runs, classes], names=['run', 'positive'])).reset_index()
-    mean = df.groupby('run', sort=False)[['dp_pp', 'eo_pp', 'eodds_pp']].mean().reset_index().assign(positive='mean')
-    return pd.concat([df, mean[df.columns]], ignore_index=True)
+    "Per run and positive class: demographic parity, equal opportunity and equalized odds gaps across groups (pp, `fairquant.metrics.fairness_table`), then each run's mean over classes"
+    classes, G = list(long.true_label.cat.categories), len(long.group.cat.categories)
+    per_run = []
+    for run in long.run.cat.categories:
+        d = long[long.run == run]
+        cm = confusion_by_group(d.true_label.cat.codes.to_numpy(), d.pred.cat.codes.to_numpy(), d.group.cat.codes.to_numpy(), len(classes), G)
+        per_run.append(fqm.fairness_table(cm, classes).assign(run=str(run))[['run', 'positive', 'dp_pp', 'eo_pp', 'eodds_pp']])
+    return pd.concat([t.iloc[:-1] for t in per_run] + [t.iloc[-1:] for t in per_run], ignore_index=True)   # every run's classes, then every run's mean
 
 def fairness_gaps(long:pd.DataFrame, # long table from `read_runs`
                   positive:str,      # the positive class (one-vs-rest)
@@ -436,28 +415,7 @@ def compare_runs(long:pd.DataFrame, # long table from `read_runs`
     if by_group: out['group'] = out.group.astype(str)
     return out.astype(dict(n_c2w=int, n_w2c=int))
 
-# %% ../nbs/60_bias_analysis.ipynb #a66abc64
-def boot_group_acc(correct:np.ndarray, # (runs, images) bool: top-1 correct
-                   codes:np.ndarray,   # (images,) int: group index of each image
-                   n_groups:int,       # number of groups
-                   n_boot:int=1000,    # resamples
-                   seed:int=0,         # seeds the resampling
-                   chunk:int=2**23,    # most gathered values held at once
-                  )->np.ndarray:
-    "Stratified paired bootstrap of per-group accuracy: (runs, n_boot, n_groups), the same image draws for every run"
-    rng, C = np.random.default_rng(seed), np.asarray(correct, dtype=np.float64)
-    out = np.full((C.shape[0], n_boot, n_groups), np.nan)
-    for g in range(n_groups):
-        idx = np.flatnonzero(codes == g)
-        if not len(idx): continue
-        draws = idx[rng.integers(0, len(idx), size=(n_boot, len(idx)))]
-        step = max(1, chunk // (len(idx) * C.shape[0]))
-        for s in range(0, n_boot, step): out[:, s:s+step, g] = C[:, draws[s:s+step]].mean(axis=2)
-    return out
-
 # %% ../nbs/60_bias_analysis.ipynb #62e4a12f
-def _ci(x:np.ndarray, axis:int=1)->tuple: return tuple(np.percentile(x, [2.5, 97.5], axis=axis))
-
 def _wide(long:pd.DataFrame)->tuple:
     "Runs × images correctness matrix and the group code of each image (the same in every run: paired)"
     runs = list(long.run.cat.categories)
@@ -470,21 +428,23 @@ def bootstrap_cis(long:pd.DataFrame, # long table from `read_runs`
                   n_boot:int=1000,   # resamples
                   seed:int=0,        # seeds the resampling
                  )->tuple:
-    "95% percentile intervals: per run × group (top-1, delta) and per run (top-1, gap, delta, gap change)"
-    C, codes, runs = _wide(long); groups = list(long.group.cat.categories)
-    acc = 100 * boot_group_acc(C, codes, len(groups), n_boot, seed)            # runs × boot × groups
-    present = np.bincount(codes, minlength=len(groups)) > 0
-    top1 = acc[:, :, present] @ (np.bincount(codes)[present] / len(codes))
-    gap = acc[:, :, present].max(2) - acc[:, :, present].min(2)
-    gl, gh = _ci(acc)
-    g = pd.DataFrame(dict(run=np.repeat(runs, len(groups)), group=groups * len(runs), top1_ci_low=gl.ravel(), top1_ci_high=gh.ravel()))
-    r = pd.DataFrame(dict(run=runs, top1_ci_low=_ci(top1)[0], top1_ci_high=_ci(top1)[1], gap_ci_low=_ci(gap)[0], gap_ci_high=_ci(gap)[1]))
+    "95% percentile intervals: per run × group (top-1, delta) and per run (top-1, signed gap of the groups fixed by the data, delta, gap change)"
+    C, codes, runs = _wide(long); groups = list(long.group.cat.categories); G = len(groups)
+    B = 100 * boot_group_acc(C, codes, G, n_boot, seed)                   # runs × boot × groups (%), the same draws for every run
+    n_g = np.bincount(codes, minlength=G); present = n_g > 0
+    est = np.array([[c[codes == j].mean() if n_g[j] else np.nan for j in range(G)] for c in C])
+    wb = [worst_best_groups(e) for e in est]                                   # (worst, best) of each run, fixed by its point estimate
+    top1 = B[:, :, present] @ (n_g[present] / n_g.sum())                  # runs × boot
+    gap = np.stack([B[i, :, b] - B[i, :, w] for i, (w, b) in enumerate(wb)])   # runs × boot, signed
+    gl, gh = percentile_ci(B, axis=1)
+    g = pd.DataFrame(dict(run=np.repeat(runs, G), group=groups * len(runs), top1_ci_low=gl.ravel(), top1_ci_high=gh.ravel()))
+    (tl, th), (pl, ph) = percentile_ci(top1, axis=1), percentile_ci(gap, axis=1)
+    r = pd.DataFrame(dict(run=runs, top1_ci_low=tl, top1_ci_high=th, gap_ci_low=pl, gap_ci_high=ph))
     for run, base in pairs.items():
         i, j = runs.index(run), runs.index(base)
-        dl, dh = _ci(acc[i] - acc[j], axis=0)
-        g.loc[g.run == run, ['delta_ci_low', 'delta_ci_high']] = np.c_[dl, dh]
-        r.loc[r.run == run, ['delta_ci_low', 'delta_ci_high']] = _ci(top1[i] - top1[j], axis=0)
-        r.loc[r.run == run, ['gap_delta_ci_low', 'gap_delta_ci_high']] = _ci(gap[i] - gap[j], axis=0)
+        g.loc[g.run == run, ['delta_ci_low', 'delta_ci_high']] = np.column_stack(percentile_ci(B[i] - B[j], axis=0))
+        r.loc[r.run == run, ['delta_ci_low', 'delta_ci_high']] = percentile_ci(top1[i] - top1[j])
+        r.loc[r.run == run, ['gap_delta_ci_low', 'gap_delta_ci_high']] = percentile_ci(gap[i] - gap[j])
     return g, r
 
 # %% ../nbs/60_bias_analysis.ipynb #017d59c9
@@ -560,12 +520,10 @@ def _grouped_bars(ax, df, val, lo, hi, runs, groups):
     return ax
 
 def plot_group_acc(gm:pd.DataFrame, ax=None):
-    "Top-1 accuracy per group and run (%), with bootstrap intervals"
-    groups, runs = list(gm.group.unique()), list(gm.run.unique())
-    ax = ax or plt.subplots(figsize=(2 + 0.35 * len(groups) * len(runs), 3.8))[1]
-    _grouped_bars(ax, gm, 'top1', 'top1_ci_low', 'top1_ci_high', runs, groups)
-    ax.set(ylim=(0, 100), ylabel='top-1 accuracy (%)', title='Accuracy per group')
-    return ax
+    "Top-1 accuracy per run and group with this stage's bootstrap intervals, drawn by `fairquant.metrics.plot_group_acc` (0-1 scale)"
+    df = pd.DataFrame(dict(run=gm.run.astype(str).to_numpy(), group=gm.group.astype(str).to_numpy(), acc=gm.top1.to_numpy(float) / 100))
+    if {'top1_ci_low', 'top1_ci_high'} <= set(gm.columns): df['acc_lo'], df['acc_hi'] = gm.top1_ci_low.to_numpy(float) / 100, gm.top1_ci_high.to_numpy(float) / 100
+    return fqm.plot_group_acc(df, ax, title='Accuracy per group', order=list(dict.fromkeys(df.run)))
 
 def plot_group_delta(gm:pd.DataFrame, ax=None, lim:float=20):
     "Change in top-1 per group against each run's baseline (pp), with bootstrap intervals"

@@ -24,6 +24,7 @@ from safetensors.torch import save_file, load_file
 
 from .core import scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, read_safetensors, read_safetensors_header, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
 from .datasets import GroupDataset, build_transform, open_stage_dataset, get_dataset, save_stage_dataset
+from . import metrics as fqm   # the one definition of per-group accuracy, worst group, gap, macro recall
 
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'TORCHVISION_MODELS', 'WEIGHT_FILES', 'CACHE_LIMIT', 'SAMPLERS', 'SELECTION', 'CHECKPOINT_FORMAT',
@@ -304,16 +305,13 @@ def group_metrics(label, # true class per image
                   group, # group index per image
                   pred, # predicted class per image
                   groups:Sequence[str], # group names (index j <-> groups[j])
+                  classes:Sequence[str]=None, # class names (index k <-> classes[k]); None: the fairness gaps are left out
                  )->dict:
-    "Overall, per-group and worst-group accuracy (over groups with images: `missing_groups` names the others) and macro recall"
+    "`fairquant.metrics.group_metrics` in the old argument order (kept while other stages import it from here)"
     label, group, pred = (np.asarray(a).astype(int) for a in (label, group, pred))
-    ok = label == pred
-    acc = {g: float(ok[group == j].mean()) if (group == j).any() else float('nan') for j, g in enumerate(groups)}
-    present = [v for v in acc.values() if not math.isnan(v)]
-    recall = [ok[label == c].mean() for c in np.unique(label)]
-    return dict(acc=float(ok.mean()), worst_group_acc=float(min(present)), macro_recall=float(np.mean(recall)),
-                group_acc=acc, group_n={g: int((group == j).sum()) for j, g in enumerate(groups)},
-                missing_groups=[g for g, v in acc.items() if math.isnan(v)])
+    names = list(classes) if classes is not None else [str(k) for k in range(max(label.max(initial=0), pred.max(initial=0)) + 1)]
+    m = fqm.group_metrics(label, pred, group, names, groups)
+    return m if classes is not None else {k: v for k, v in m.items() if k not in ('dp_pp', 'eo_pp', 'eodds_pp')}
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #aa035363
 SELECTION = Registry('selection metric')
@@ -398,7 +396,8 @@ def evaluate(model:nn.Module, loader, val:SplitData, classes:Sequence[str], grou
     prob = logits.softmax(1); p, pred = prob.max(1)
     preds = pd.DataFrame(dict(image_id=t.image_id, label=t.label, group=t.group, pred=pred.numpy(), prob=p.numpy()))
     for c, name in enumerate(classes): preds[f'prob_{name}'] = prob[:, c].numpy()
-    return dict(group_metrics(t.label, t.group, pred, groups), loss=F.cross_entropy(logits, y).item()), preds
+    m = fqm.group_metrics(t.label.to_numpy(), pred.numpy(), t.group.to_numpy(), classes, groups)
+    return dict(m, loss=F.cross_entropy(logits, y).item()), preds
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #ce2a6f91
 @dataclass
@@ -523,7 +522,7 @@ class FitResult:
     "What `fit` returns"
     history: pd.DataFrame      # one row per epoch
     best_epoch: int            # 1-based epoch whose weights were kept
-    metrics: dict              # val metrics of the kept weights (`group_metrics` + loss)
+    metrics: dict              # val metrics of the kept weights (`fairquant.metrics.group_metrics` + loss)
     predictions: pd.DataFrame  # per-image val predictions of the kept weights
     stopped_early: bool
     seconds: float             # training + validation time over all epochs (including before a resume)
@@ -711,19 +710,21 @@ def plot_curves(history:pd.DataFrame, # `FitResult.history` (or history.csv)
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #b393a370
 def val_group_table(preds:pd.DataFrame, # per-image val predictions (image_id, label, group, pred, ...)
-                    groups:Sequence[str], model:str='')->pd.DataFrame:
-    "Val accuracy and macro recall per group (and 'all'), computed from per-image predictions"
-    rows = []
-    for j, g in [*enumerate(groups), (None, 'all')]:
-        p = preds if j is None else preds[preds.group == j]
-        ok = (p.pred == p.label)
-        rows.append(dict(model=model, group=g, n=len(p), accuracy=ok.mean() if len(p) else float('nan'),
-                         macro_recall=ok.groupby(p.label).mean().mean() if len(p) else float('nan')))
-    return pd.DataFrame(rows)
+                    classes:Sequence[str], groups:Sequence[str], # the model's class and group names (codes index them)
+                    model:str='', source='val predictions')->pd.DataFrame: # source: the file, for errors
+    "Val accuracy and macro recall per group (and 'all') from per-image predictions, as `fairquant.metrics.group_metrics` computes them"
+    codes = lambda p: (fqm.encode(p.label.to_numpy(), classes, 'class', source), fqm.encode(p.pred.to_numpy(), classes, 'class', source),
+                       fqm.encode(p.group.to_numpy(), groups, 'group', source))
+    def _row(p, g):
+        if not len(p): return dict(model=model, group=g, n=0, accuracy=float('nan'), macro_recall=float('nan'))
+        m = fqm.group_metrics(*codes(p), classes, groups)
+        return dict(model=model, group=g, n=m['n'], accuracy=m['acc'], macro_recall=m['macro_recall'])
+    codes(preds)   # every code checked before any row
+    return pd.DataFrame([_row(preds[preds.group == j], g) for j, g in enumerate(groups)] + [_row(preds, 'all')])
 
 def _ids_sha1(t:pd.DataFrame)->str: return hashlib.sha1('\n'.join(t.image_id).encode()).hexdigest()
 
-def _metrics_json(m:dict)->dict: return {k: ({g: _nan_none(x) for g, x in v.items()} if isinstance(v, dict) else v) for k, v in m.items()}
+def _metrics_json(m:dict)->dict: return {k: ({g: _nan_none(x) for g, x in v.items()} if isinstance(v, dict) else _nan_none(v)) for k, v in m.items()}
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #bd142673
 def _write_outputs(model, res:FitResult, ds:GroupDataset, cfg:TrainConfig, d:Path, train:SplitData, val:SplitData,

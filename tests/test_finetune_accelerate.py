@@ -14,6 +14,7 @@ import pytest
 from fairquant.core import load_json
 from fairquant.datasets import get_dataset, save_stage_dataset
 from fairquant.finetune import load_checkpoint, val_group_table
+from fairquant.metrics import group_metrics
 
 BIN = Path(sys.executable).parent
 
@@ -50,10 +51,15 @@ def _check_outputs(run: Path, world: int):
     assert set(preds.image_id) <= set(images.query("split == 'val'").image_id)
     # the loop's per-group metrics of the selected epoch equal a direct computation from the saved predictions
     best = meta['history'][meta['selection']['best_epoch'] - 1]
-    table = val_group_table(preds, ck.groups).set_index('group')
+    table = val_group_table(preds, ck.classes, ck.groups).set_index('group')
     for g in ck.groups:
         assert abs(table.accuracy[g] - best[f'val_acc[{g}]']) < 1e-12
     assert abs(table.accuracy['all'] - meta['val_metrics']['acc']) < 1e-12
+    # ... and the sidecar's val metrics are fairquant.metrics' numbers of those predictions (one definition)
+    m = group_metrics(preds.label, preds.pred, preds.group, ck.classes, ck.groups)
+    for k in ('acc', 'worst_group_acc', 'macro_recall', 'gap_pp'):
+        assert abs(meta['val_metrics'][k] - m[k]) < 1e-12, (k, meta['val_metrics'][k], m[k])
+    assert abs(best['val_worst_group_acc'] - m['worst_group_acc']) < 1e-12 and abs(best['val_macro_recall'] - m['macro_recall']) < 1e-12
     assert not (stage / 'swin_mini' / 'resume').exists()     # resumable state removed after success
     return meta
 
