@@ -28,8 +28,9 @@ from .finetune import load_checkpoint, Checkpoint
 # %% auto #0
 __all__ = ['METRICS', 'REDUCERS', 'IMPORTANCE_FORMAT', 'IMPORTANCE_META', 'CALIBRATION_SPLITS', 'INDEX_FORMAT', 'target_layers',
            'untouched', 'group_importance', 'reduce_importance', 'save_importance', 'load_importance',
-           'calibration_rows', 'calibration_batches', 'layer_totals', 'layer_shares', 'plot_importance', 'top_overlap',
-           'disagreement_table', 'check_names', 'importance_for_checkpoint', 'run_importance']
+           'calibration_rows', 'calibration_batches', 'draw_description', 'calibration_draws', 'layer_totals',
+           'layer_shares', 'plot_importance', 'top_overlap', 'disagreement_table', 'check_names',
+           'importance_for_checkpoint', 'run_importance']
 
 # %% ../nbs/20_importance.ipynb #a1000005
 def target_layers(model:nn.Module, # any torch model
@@ -199,9 +200,9 @@ def _hawq_batch(layers:dict, model:nn.Module, fn, x, y, g, add, samples:int, gen
     "Add fn(d̂_k, W) for every group k in the batch; d̂_k = mean over probes v of v ⊙ H_k v (double backward)"
     ws = [m.weight for m in layers.values()]
     with sdpa_kernel(SDPBackend.MATH):   # fused attention kernels have no double backward
-        ce = _per_sample_ce(model, x, y)
         for k in sorted(set(g.tolist())):
-            grads = torch.autograd.grad(ce[g == k].mean(), ws, create_graph=True, allow_unused=True)
+            ce = _per_sample_ce(model, x[g == k], y[g == k])   # the group's own images: each double backward walks only them
+            grads = torch.autograd.grad(ce.mean(), ws, create_graph=True, allow_unused=True)
             live = [i for i, gr in enumerate(grads) if gr is not None and gr.requires_grad]
             est = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in ws]
             for _ in range(samples):
@@ -209,6 +210,7 @@ def _hawq_batch(layers:dict, model:nn.Module, fn, x, y, g, add, samples:int, gen
                 hv = torch.autograd.grad([grads[i] for i in live], [ws[i] for i in live], vs, retain_graph=True, allow_unused=True)
                 for i, v, h in zip(live, vs, hv):
                     if h is not None: est[i].add_((v*h).float())
+            del ce, grads
             with torch.no_grad():
                 for n, w, e in zip(layers, ws, est): add(n, k, fn(e.div_(samples), w.detach().float()))
 
@@ -412,6 +414,26 @@ def calibration_batches(ds:GroupDataset, # the stage dataset
         batches.append((torch.stack(xs), torch.tensor(ys), torch.tensor(gs)))
     return batches, rows.iloc[pos]
 
+# %% ../nbs/20_importance.ipynb #f9632d0b
+def draw_description(used:pd.DataFrame, # the table rows a draw used, in batch order
+                     groups:Sequence[str], # the dataset's group names (index k is group k)
+                     **how)->dict: # split, balance, seed, n_batches: how the draw was made
+    "What a calibration draw used: how it was made, images per group (by name), their count and the SHA-1 of their ids"
+    return dict(how, n_images=len(used), images_per_group={g: int((used.group == k).sum()) for k, g in enumerate(groups)},
+                image_ids_sha1=_sha1_ids(used))
+
+def _sha1_ids(t:pd.DataFrame)->str: return hashlib.sha1('\n'.join(map(str, t.image_id)).encode()).hexdigest()
+
+def calibration_draws(ds:GroupDataset, split:str='train', transform=None, n_batches:int=2, batch_size:int=16,
+                      balance:bool=True, # the group-aware draw's; the blind draw is always in population proportions
+                      seed:int=0)->dict: # {'group_aware' | 'blind': (batches, description)}
+    "The group-aware draw (balanced by default) and the group-blind one (a random sample, population proportions)"
+    out = {}
+    for name, bal in (('group_aware', balance), ('blind', False)):
+        batches, used = calibration_batches(ds, split, transform, n_batches, batch_size, bal, seed)
+        out[name] = batches, draw_description(used, ds.groups, split=split, balance=bal, seed=seed, n_batches=len(batches))
+    return out
+
 # %% ../nbs/20_importance.ipynb #f6000002
 def layer_totals(imp:dict, # {weight name: Tensor(G, *W.shape)}
                  groups:Sequence[str])->pd.DataFrame: # rows: layers, columns: groups
@@ -483,22 +505,24 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
                               dest, # the tag's output folder (replaced)
                               metrics:Sequence[str]=('gradient', 'grape', 'hawq'), # `METRICS` keys
                               split:str='train', n_batches:int=2, batch_size:int=16, hawq_samples:int=2,
-                              balance:bool=True, seed:int=0, # see `calibration_batches`, `group_importance`
+                              balance:bool=True, seed:int=0, # see `calibration_draws`, `group_importance`
                               checkpoint:str=None, # how the files name the checkpoint (default: its path)
                               progress:bool=False)->dict: # the index entry (file names relative to dest's parent)
     "Group-aware and group-blind importance maps, heatmap, disagreement table and summary for one checkpoint"
     dest = Path(dest); check_names(ck, ds)
     for m in metrics: METRICS.get(m)
-    batches, used = calibration_batches(ds, split, build_transform(ck.data_config), n_batches, batch_size, balance, seed)
+    draws = calibration_draws(ds, split, build_transform(ck.data_config), n_batches, batch_size, balance, seed)
+    (batches, aware), (blind_batches, blind_draw) = draws['group_aware'], draws['blind']
     groups = list(ds.groups)
-    meta = dict(classes=list(ds.classes), groups=groups, checkpoint=str(checkpoint or ck.path), checkpoint_sha256=ck.meta['weights']['sha256'],
-                split=split, n_images=len(used), n_batches=len(batches), images_per_group={g: int((used.group == k).sum()) for k, g in enumerate(groups)},
-                model=ck.meta['model']['name'], balance=balance, seed=seed, image_ids_sha1=_sha1_ids(used))
-    absent = [g for g, n in meta['images_per_group'].items() if n == 0]
+    absent = [g for g, n in aware['images_per_group'].items() if n == 0]
     if absent: raise ValueError(f"dataset {ds.name!r}: group(s) {absent} have no calibration image in split {split!r} "
-                                f"({len(used)} images drawn): their importance maps would be all zero, as if no weight mattered to them; "
+                                f"({aware['n_images']} images drawn): their importance maps would be all zero, as if no weight mattered to them; "
                                 "expected every group among the calibration images (use balance=True, more batches, or the other split)")
-    blind_batches = [(x, y, torch.zeros_like(g)) for x, y, g in batches]
+    blind_batches = [(x, y, torch.zeros_like(g)) for x, y, g in blind_batches]   # one group: 'all'
+    common = dict(classes=list(ds.classes), checkpoint=str(checkpoint or ck.path), checkpoint_sha256=ck.meta['weights']['sha256'],
+                  model=ck.meta['model']['name'])
+    meta = dict(common, groups=groups, **aware)
+    blind_meta = dict(common, groups=['all'], blind=True, dataset_groups=groups, **blind_draw)   # images_per_group: real names
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(dest)   # host+pid in the name: a killed run's leftover is removed next time
     try:
@@ -510,8 +534,7 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
             t1 = time.perf_counter(); blind = group_importance(ck.model, blind_batches, metric, 1, hawq_samples, seed, progress)
             timing[metric] = dict(group_aware_s=round(t1 - t0, 3), blind_s=round(time.perf_counter() - t1, 3))
             save_importance(imp, tmp/f'importance-{metric}.safetensors', **meta, **extra)
-            save_importance(blind, tmp/f'importance-{metric}-blind.safetensors', **dict(meta, groups=['all'], images_per_group={'all': len(used)},
-                            blind=True, dataset_groups=groups), **extra)
+            save_importance(blind, tmp/f'importance-{metric}-blind.safetensors', **blind_meta, **extra)
             totals[metric] = dict(group=layer_totals(imp, groups).to_dict(orient='index'), blind=layer_totals(blind, ['all'])['all'].to_dict())
             tables.append(disagreement_table(imp, groups).assign(metric=metric))
             plot_importance(imp, groups, ax=axs[0, i], title=f'{dest.name}: {metric}')
@@ -523,16 +546,16 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
         files = dict(maps={m: f'{dest.name}/importance-{m}.safetensors' for m in metrics},
                      blind={m: f'{dest.name}/importance-{m}-blind.safetensors' for m in metrics},
                      heatmap=f'{dest.name}/heatmap.png', disagreement=f'{dest.name}/disagreement.csv', summary=f'{dest.name}/summary.json')
-        summary = dict(meta, tag=dest.name, metrics=list(metrics), hawq_samples=hawq_samples, batch_size=batch_size, timings=timing,
-                       totals=totals, files=files, disagreement_measure="1 - min over group pairs of |top-10% A ∩ top-10% B| / |top-10%|",
-                       git_commit=git_commit())
+        summary = dict(common, groups=groups, tag=dest.name, metrics=list(metrics), hawq_samples=hawq_samples, batch_size=batch_size,
+                       draws=dict(group_aware=dict(aware, files=list(files['maps'].values())),
+                                  blind=dict(blind_draw, files=list(files['blind'].values()))),
+                       timings=timing, totals=totals, files=files,
+                       disagreement_measure="1 - min over group pairs of |top-10% A ∩ top-10% B| / |top-10%|", git_commit=git_commit())
         save_json(summary, tmp/'summary.json')
         _swap_dir(tmp, dest)
     finally: shutil.rmtree(tmp, ignore_errors=True)
-    return dict(tag=dest.name, checkpoint=meta['checkpoint'], checkpoint_sha256=meta['checkpoint_sha256'], model=meta['model'],
-                classes=meta['classes'], groups=groups, metrics=list(metrics), split=split, n_images=len(used), **files)
-
-def _sha1_ids(t:pd.DataFrame)->str: return hashlib.sha1('\n'.join(map(str, t.image_id)).encode()).hexdigest()
+    return dict(tag=dest.name, checkpoint=common['checkpoint'], checkpoint_sha256=common['checkpoint_sha256'], model=common['model'],
+                classes=common['classes'], groups=groups, metrics=list(metrics), split=split, n_images=aware['n_images'], **files)
 
 # %% ../nbs/20_importance.ipynb #g7000004
 INDEX_FORMAT = 'fairquant-importance-index/1'

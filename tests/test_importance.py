@@ -57,3 +57,31 @@ def test_bad_batches_are_refused():
     fc.test_fail(lambda: group_importance(m, [(x, y)]), contains="batch 0: expected (x, y, g)")
     fc.test_fail(lambda: group_importance(torch.nn.ReLU(), [(x, y, y)]), contains="has no Conv2d or Linear weight")
     fc.test_fail(lambda: reduce_importance({'w': torch.ones(3, 2)}, 'subtractive', unprivileged=0), contains="exactly 2 groups, found 3 (0, 1, 2)")
+
+def test_stage_blind_map_uses_population_draw(tmp_path):
+    "run_importance's group-blind map is the map of a seeded random draw (the split's shares), not of the balanced batches"
+    from fairquant.finetune import example_run, load_checkpoint
+    from fairquant.datasets import open_stage_dataset, build_transform
+    from fairquant.importance import run_importance, load_importance, calibration_rows
+    from fairquant.core import load_json
+    run = example_run(tmp_path/'run')
+    index = run_importance(run, ['grape'], 'train', n_batches=3, batch_size=32, seed=5, tags=['vit_mini'], progress=False)
+    e, out = index['tags']['vit_mini'], run/'20_importance'
+    ck, ds = load_checkpoint(run/e['checkpoint']), open_stage_dataset(run)
+    rows, items = ds.split('train'), ds.torch_dataset('train', build_transform(ck.data_config))
+    def batches(balance):
+        pos = calibration_rows(rows, 96, balance, 5, 32)
+        xs = [items[int(j)] for j in pos]
+        return [(torch.stack([x for x, _, _ in xs[i:i + 32]]), torch.tensor([y for _, y, _ in xs[i:i + 32]]),
+                 torch.zeros(len(xs[i:i + 32]), dtype=torch.long)) for i in range(0, len(xs), 32)], rows.iloc[pos]
+    (rand, used), (bal, _) = batches(False), batches(True)
+    maps, meta = load_importance(out/e['blind']['grape'])
+    want, old = group_importance(ck.model, rand, 'grape', 1), group_importance(ck.model, bal, 'grape', 1)
+    for n in maps: fc.test_close(maps[n], want[n], eps=1e-5*max(want[n].abs().max().item(), 1e-12))
+    assert any(not torch.allclose(maps[n], old[n], rtol=1e-3) for n in maps), "the blind map equals the balanced batches' map"
+    counts = {g: int((used.group == k).sum()) for k, g in enumerate(ds.groups)}
+    fc.test_eq((meta['balance'], meta['images_per_group'], meta['n_images'], meta['groups']), (False, counts, 96, ['all']))
+    assert counts['dark'] < 30   # about 12 % of 96, not the balanced 48
+    draws = load_json(out/e['summary'])['draws']
+    fc.test_eq((draws['blind']['images_per_group'], draws['group_aware']['images_per_group']), (counts, {'light': 48, 'dark': 48}))
+    fc.test_eq(draws['blind']['files'], [e['blind']['grape']])
