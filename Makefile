@@ -23,15 +23,18 @@ $(STAMP): settings.ini setup.py pyproject.toml
 	@$(BIN)/python -c "import torch, torchvision, fairquant; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'fairquant', fairquant.__version__)"
 	@touch $(STAMP)
 
-# The embedded default grid (fairquant.experiments.DEFAULT_GRID): vit_mini and swin_mini x fp32, uniform4, fq_qat, fq_baq,
-# ONNX INT8 static and dynamic, one seed, every stage through the bias analysis, as papermill runs on a local Dask
-# cluster; ends with the summary table and the Pareto figure. Rerun with the same GRID_DIR to finish an interrupted one.
+# The embedded default grid (fairquant.experiments.DEFAULT_GRID): a tiny ViT and Swin on the synthetic dataset with a
+# powered test split x fp32, fp32_ft, uniform4(_qat), fq_qat(_blind), fq_baq, fq_qat_onnx, INT8 static/dynamic/fair at
+# 4 bits, one seed, as papermill runs on a local Dask cluster; ends with summary.csv, verdict.csv, pareto.png and
+# report.html. Rerun with the same GRID_DIR to finish an interrupted one.
 demo: $(STAMP)
 	$(BIN)/fairquant-grid --workers $(WORKERS) --grid_dir $(GRID_DIR)
 
-# The same grid over three seeds (summary_seeds.csv: mean and 95% CI). Not run in CI: about three times the demo.
+# The verdict study (studies/verdict.yaml): both synthetic regimes x vit_p8, swin_mini x every configuration and matched
+# control x budgets 3, 4 x three seeds; ends with verdict.csv and report.html. Not run in CI (about 90 minutes on two
+# cores). Rerun with the same STUDY_DIR to finish an interrupted one.
 study: $(STAMP)
-	$(BIN)/fairquant-grid --seeds 0,1,2 --workers $(WORKERS) --grid_dir $(STUDY_DIR)
+	$(BIN)/fairquant-grid studies/verdict.yaml --workers $(WORKERS) --grid_dir $(STUDY_DIR)
 
 # Notebooks and package in sync, every notebook's tests (nbdev_test), then pytest for the rest.
 test: $(STAMP)
