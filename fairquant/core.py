@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #4de28868
 from __future__ import annotations
-import os, re, sys, json, random, shutil, socket, subprocess, tempfile, contextlib, datetime
+import os, re, sys, json, random, shutil, socket, hashlib, subprocess, tempfile, contextlib, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -14,10 +14,10 @@ import numpy as np
 __all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'STAGE_HEADING', 'Registry', 'clean_stale_temps',
            'atomic_path', 'scratch_dir', 'atomic_dir', 'temp_dir_beside', 'save_json', 'load_json', 'save_csv',
            'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header', 'read_safetensors',
-           'write_safetensors', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes', 'predictions_table',
-           'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir', 'nbs_dir',
-           'notebook_parameters', 'check_pipeline', 'run_pipeline', 'cell_directives', 'stage_cells', 'stage_notebook',
-           'run_pipeline_cli']
+           'write_safetensors', 'file_sha256', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes',
+           'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir',
+           'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline', 'cell_directives', 'stage_cells',
+           'stage_notebook', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -210,6 +210,16 @@ def write_safetensors(tensors:dict, # {name: tensor}
     header += b' ' * (n - len(header))
     Path(path).write_bytes(raw[:8] + header + raw[8+n:])
     return Path(path)
+
+# %% ../nbs/00_core.ipynb #c23254fd
+def file_sha256(path)->str:
+    "SHA-256 (hex) of a file's bytes, read in 1 MiB blocks; a missing file is an error naming it"
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found")
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #4d420d14
 STAGES = ['00_datasets', '10_finetune_vit_swin', '20_importance', '30_mixed_precision',
@@ -404,7 +414,8 @@ def run_pipeline(run_dir, # the run folder (created if missing)
         if progress: print(f'== {stage} → {dst}', flush=True)
         t = datetime.datetime.now()
         pm.execute_notebook(stage_notebook(src, examples), dst, parameters=dict(run_dir=str(run_dir), **params.get(stage, {})),
-                            cwd=str(src.parent), kernel_name='python3', progress_bar=progress)
+                            cwd=str(src.parent), kernel_name='python3', progress_bar=progress,
+                            shutdown_kernel='immediate')   # every output is written (atomically) before the last cell ends
         if progress: print(f'   {stage} done in {(datetime.datetime.now()-t).total_seconds():.1f}s', flush=True)
         out.append(dst)
     return out

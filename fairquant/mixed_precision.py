@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_mixed_precision.ipynb #d4880568
 from __future__ import annotations
-import math, json, time, shutil, logging, warnings, hashlib, tempfile
+import math, json, time, shutil, logging, warnings, hashlib, tempfile, ast
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,25 +21,32 @@ from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
 from .core import (scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, require_stage,
-                            set_seed, git_commit, save_predictions)
+                            set_seed, git_commit, predictions_table, file_sha256)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
-from .finetune import load_checkpoint, build_model, group_metrics, split_data, checkpoint_paths
+from .finetune import load_checkpoint, build_model, split_data, checkpoint_paths
 from .importance import target_layers
+from .metrics import group_metrics, table_codes, plot_group_acc
 
 # %% auto #0
-__all__ = ['GRANULARITIES', 'FLOAT_BITS', 'MODES', 'CONFIGS', 'BIT_COLUMNS', 'QUANT_FORMAT', 'check_granularity', 'unit_shape',
-           'unit_scores', 'check_levels', 'assign_bits', 'budget_levels', 'avg_bits', 'budget_assign', 'units_as_maps',
-           'fake_quantize', 'FakeQuant', 'quant_layers', 'weight_shape', 'quantizer', 'quantize_model',
+__all__ = ['GRANULARITIES', 'GRANULARITY_UNITS', 'FLOAT_BITS', 'SUMMARY_METRICS', 'MODES', 'CONFIGS', 'BIT_COLUMNS',
+           'QUANT_FORMAT', 'TEST_NOT_COMPUTED', 'RUN_KEYS', 'check_granularity', 'unit_shape', 'unit_scores',
+           'check_levels', 'assign_bits', 'budget_levels', 'avg_bits', 'budget_assign', 'budget_assign_units',
+           'units_as_maps', 'fake_quantize', 'FakeQuant', 'quant_layers', 'weight_shape', 'quantizer', 'quantize_model',
            'dequantize_model', 'model_bits', 'latent_state_dict', 'uniform_bits', 'LearnableBits', 'learnable_bits',
-           'freeze_bits', 'bit_penalty', 'fairness_gaps', 'summary_metrics', 'fairness_term', 'predict_split',
-           'train_epochs', 'QuantConfig', 'get_config', 'iterative_schedule', 'layer_flops', 'layer_type',
-           'bit_distribution', 'bit_shares', 'size_report', 'bitwidth_text', 'results_block',
-           'save_quantized_checkpoint', 'load_quantized_checkpoint', 'StageSettings', 'stage_checkpoints',
-           'choose_unprivileged', 'importance_file', 'load_scores', 'quantize_for', 'avg_share_fixed', 'run_config',
-           'evaluate_finetuned', 'update_runs', 'plot_group_acc_vs_bits', 'example_importance']
+           'learned_bits', 'freeze_bits', 'bit_penalty', 'project_bits', 'bit_changes', 'run_metrics', 'fairness_term',
+           'predict_split', 'train_epochs', 'QuantConfig', 'get_config', 'iterative_schedule', 'layer_flops',
+           'layer_type', 'layer_storage', 'bit_distribution', 'bit_shares', 'size_report', 'bitwidth_text',
+           'results_block', 'save_quantized_checkpoint', 'load_quantized_checkpoint', 'StageSettings', 'stage_config',
+           'stage_checkpoints', 'choose_unprivileged', 'importance_file', 'load_scores', 'quantize_for',
+           'avg_share_fixed', 'run_config', 'evaluate_finetuned', 'update_runs', 'read_runs', 'plot_group_acc_vs_bits',
+           'example_importance', 'stage_table', 'run_mixed_precision']
 
 # %% ../nbs/30_mixed_precision.ipynb #2ff539cf
 GRANULARITIES = ('per_tensor', 'per_channel', 'per_param')
+GRANULARITY_UNITS = {   # what shares one bit width, and what shares one scale (recorded in summary.json and size_report.txt)
+    'per_tensor': 'one bit width per tensor, one float32 scale per output channel',
+    'per_channel': 'one bit width per output channel, one float32 scale per output channel',
+    'per_param': 'one bit width per weight, one float32 scale per output channel (the step of each weight: scale/qmax of its bits)'}
 
 def check_granularity(granularity:str)->str:
     "`granularity`, or an error listing the known ones"
@@ -170,14 +177,22 @@ def budget_assign(scores:dict, # {weight name: importance map shaped like the we
                   base:Sequence[float]=(0.2, 0.4, 0.4), # published shares, moved as little as possible
                   iters:int=40)->tuple:
     "(bits per unit, levels used, achieved parameter-weighted average): `assign_bits` held to a bit budget"
-    shapes = {k: tuple(v.shape) for k, v in scores.items()}
-    bits = tuple(sorted(int(b) for b in bits)); units = unit_scores(scores, granularity)
+    return budget_assign_units(unit_scores(scores, granularity), {k: tuple(v.shape) for k, v in scores.items()}, granularity, bits, target, base, iters)
+
+def budget_assign_units(units:dict, # {weight name: one score per unit (`unit_scores`)}
+                        shapes:dict, # {weight name: weight shape}: what a unit weighs in the average
+                        granularity:str, bits:Sequence[int]=(2, 4, 8), target:float=4.0,
+                        base:Sequence[float]=(0.2, 0.4, 0.4), iters:int=40)->tuple:
+    "`budget_assign` from unit scores (one per unit) and the weights' shapes"
+    bits = tuple(sorted(int(b) for b in bits))
     if not (isinstance(target, (int, float)) and math.isfinite(target) and bits[0] <= target <= bits[-1]):   # else: all-smallest or all-largest bits, silently
         raise ValueError(f"target={target}: expected a parameter-weighted average bit width within the bit widths' range {bits[0]}..{bits[-1]}")
     run = lambda a: (lambda lv: (assign_bits(units_as_maps(units, granularity), granularity, bits, lv), lv))(budget_levels(bits, a, base))
-    if granularity == 'per_param':                   # units are weights: the unit-weighted target is the answer
-        a, lv = run(target); return a, lv, avg_bits(a, shapes)
-    lo, hi = float(bits[0]), float(bits[-1])
+    if granularity == 'per_param':                   # units are weights: the unit-weighted target is the answer, up to rounding the cuts
+        a, lv = run(target); got = avg_bits(a, shapes)
+        if got <= target + 1e-9: return a, lv, got
+        lo, hi, iters = max(bits[0], target - (bits[-1] - bits[0])/sum(u.numel() for u in units.values())), target, 10   # rounding adds at most that
+    else: lo, hi = float(bits[0]), float(bits[-1])
     best = run(lo); best_avg = avg_bits(best[0], shapes)
     if best_avg > target + 1e-9: raise ValueError(f"target={target}: below the smallest average reachable ({best_avg:.4f}) with bits {bits}")
     for _ in range(iters):
@@ -353,16 +368,23 @@ def learnable_bits(model:nn.Module, bits:dict, granularity:str, bit_min:int=2, b
         parametrize.register_parametrization(m, 'weight', lb); out.append(quantizer(m).bits)
     return out
 
-def freeze_bits(model:nn.Module)->dict:
-    "Round every learned bit width and replace its module by a static `FakeQuant`; returns the bits"
-    bits = {}
-    for k, m in quant_layers(model).items():
-        q = quantizer(m)
-        if isinstance(q, LearnableBits):
-            bits[k] = q.hard_bits(); g = q.granularity
-            parametrize.remove_parametrizations(m, 'weight', leave_parametrized=False)
-            parametrize.register_parametrization(m, 'weight', FakeQuant(bits[k], g, weight_shape(m)))
-    return bits
+def learned_bits(model:nn.Module)->dict:
+    "{weight name: real-valued bits per unit, clamped into [bit_min, bit_max]} of every `LearnableBits` layer"
+    return {k: q.bits.detach().clamp(q.bit_min, q.bit_max).clone() for k, m in quant_layers(model).items()
+            if isinstance(q := quantizer(m), LearnableBits)}
+
+def freeze_bits(model:nn.Module,
+                bits:dict=None)->dict: # {weight name: integer bits per unit}; None: each learned width rounded
+    "Replace every `LearnableBits` by a static `FakeQuant` at `bits` (default: the learned bits rounded); returns the bits"
+    layers = {k: m for k, m in quant_layers(model).items() if isinstance(quantizer(m), LearnableBits)}
+    if bits is not None and set(bits) != set(layers):
+        raise ValueError(f"freeze_bits: bits for {sorted(set(bits) ^ set(layers))[:4]} do not match the learned layers")
+    out = {}
+    for k, m in layers.items():
+        q = quantizer(m); out[k] = q.hard_bits() if bits is None else torch.as_tensor(bits[k]).to(torch.int8); g = q.granularity
+        parametrize.remove_parametrizations(m, 'weight', leave_parametrized=False)
+        parametrize.register_parametrization(m, 'weight', FakeQuant(out[k], g, weight_shape(m)))
+    return out
 
 def bit_penalty(model:nn.Module)->torch.Tensor:
     "Mean over every learned bit entry of (bits − initial bits)²: the L2 pull of `lambda_b`"
@@ -370,35 +392,52 @@ def bit_penalty(model:nn.Module)->torch.Tensor:
     if not qs: return torch.zeros(())
     return torch.cat([(q.bits - q.bits_init).reshape(-1) for q in qs]).pow(2).mean()
 
-# %% ../nbs/30_mixed_precision.ipynb #aa61b7f6
-def fairness_gaps(label, group, pred, # true class, group index and predicted class per image
-                  n_classes:int, n_groups:int)->dict:
-    "EOpp1 (mean TPR gap), EOpp0 (mean TNR gap) and EOdds (mean TPR + FPR gap) over classes where >= 2 groups have the rate"
-    label, group, pred = (np.asarray(a).astype(int) for a in (label, group, pred))
-    tpr_gaps, tnr_gaps, odd_gaps = [], [], []
-    for c in range(n_classes):
-        tpr, tnr = [], []
-        for g in range(n_groups):
-            pos, neg = (label == c) & (group == g), (label != c) & (group == g)
-            if pos.any(): tpr.append((pred[pos] == c).mean())
-            if neg.any(): tnr.append((pred[neg] != c).mean())
-        tp = max(tpr) - min(tpr) if len(tpr) >= 2 else None
-        tn = max(tnr) - min(tnr) if len(tnr) >= 2 else None
-        if tp is not None: tpr_gaps.append(tp)
-        if tn is not None: tnr_gaps.append(tn)
-        if tp is not None and tn is not None: odd_gaps.append(tp + tn)
-    m = lambda v: float(np.mean(v)) if v else float('nan')
-    return dict(EOpp1=m(tpr_gaps), EOpp0=m(tnr_gaps), EOdds=m(odd_gaps),
-                eo_classes=dict(EOpp1=len(tpr_gaps), EOpp0=len(tnr_gaps), EOdds=len(odd_gaps)))
+# %% ../nbs/30_mixed_precision.ipynb #73a4276e
+def project_bits(learned:dict, # {weight name: learned real-valued bits per unit (`learned_bits`)}
+                 shapes:dict, # {weight name: weight shape}: what each unit weighs in the average
+                 granularity:str,
+                 bits:Sequence[int], # the configuration's bit widths
+                 target:float, # parameter-weighted average bit width (never exceeded)
+                 base:Sequence[float], # the configuration's shares, moved as little as possible (as in `budget_assign`)
+                 tiebreak:dict=None)->tuple: # {weight name: unit scores} ordering units with equal learned bits (their importance)
+    "(integer bits per unit, levels, achieved average): units ranked by their learned bits, given the configuration's widths under the budget"
+    names = list(learned)
+    bad = [k for k in names if tiebreak is not None and tuple(tiebreak[k].shape) != tuple(learned[k].shape)]
+    if bad: raise ValueError(f"project_bits: tiebreak scores of {bad[:3]} are not shaped like their learned bits")
+    flat = np.concatenate([learned[k].detach().double().reshape(-1).numpy() for k in names])
+    tie = np.concatenate([tiebreak[k].detach().double().reshape(-1).numpy() for k in names]) if tiebreak else np.zeros(len(flat))
+    rank = np.empty(len(flat)); rank[np.lexsort((np.arange(len(flat)), tie, flat))] = np.arange(len(flat))   # learned, then importance, then position
+    units, i = {}, 0
+    for k in names: units[k] = torch.from_numpy(rank[i:i + learned[k].numel()]).reshape(learned[k].shape); i += learned[k].numel()
+    return budget_assign_units(units, shapes, granularity, bits, target, base)
 
-def summary_metrics(label, group, pred, # per image: true class, group index, predicted class
-                 classes:Sequence[str], groups:Sequence[str], loss:float=float('nan'))->dict:
-    "Everything `summary.json` reports about predictions: accuracy overall and per group, gaps, macro recall, EOpp/EOdds"
-    m = group_metrics(label, group, pred, groups)
-    present = [v for v in m['group_acc'].values() if not math.isnan(v)]
-    return dict(acc=m['acc'], group_acc=m['group_acc'], group_n=m['group_n'], worst_group_acc=m['worst_group_acc'],
-                group_mean_acc=float(np.mean(present)), gap_pp=100*(max(present) - min(present)), macro_recall=m['macro_recall'],
-                **fairness_gaps(label, group, pred, len(classes), len(groups)), loss=loss)
+def bit_changes(initial:dict, # {weight name: initial integer bits per unit}
+                learned:dict, # {weight name: learned real-valued bits per unit}
+                final:dict, # {weight name: final integer bits per unit}
+                shapes:dict)->dict: # {weight name: weight shape}
+    "What learning moved: units (and share of weights) whose final width differs from the initial one, mean |change|, the learned widths' drift"
+    cat = lambda d: torch.cat([torch.as_tensor(d[k]).reshape(-1).double() for k in initial])
+    w = torch.cat([torch.full((initial[k].numel(),), math.prod(shapes[k])/initial[k].numel(), dtype=torch.float64) for k in initial])
+    b0, bl, bf = cat(initial), cat(learned), cat(final)
+    changed, drift = bf != b0, bl - b0
+    return dict(bits_changed=int(changed.sum()), bits_changed_params_pct=float(100*w[changed].sum()/w.sum()),
+                bits_mean_abs_change=float((bf - b0).abs().mean()), learned_drift_mean_abs=float(drift.abs().mean()),
+                learned_drift_max_abs=float(drift.abs().max()), learned_drift_std=float(drift.std(unbiased=False)),
+                rounded_bits_changed=int((bl.round() != b0).sum()), rounded_avg_bits=avg_bits({k: learned[k].round() for k in initial}, shapes))
+
+# %% ../nbs/30_mixed_precision.ipynb #aa61b7f6
+SUMMARY_METRICS = ('acc', 'group_acc', 'group_n', 'worst_group', 'worst_group_acc', 'best_group', 'gap_pp', 'group_mean_acc',
+                   'macro_recall', 'dp_pp', 'eo_pp', 'eodds_pp')   # from fairquant.metrics.group_metrics; summary.json adds `loss`
+
+def run_metrics(logits:torch.Tensor, # (images, classes)
+                label, group, # true class and group index per image
+                classes:Sequence[str], groups:Sequence[str],
+                pred=None)->dict: # predicted class per image (default: the logits' argmax)
+    "`SUMMARY_METRICS` of `fairquant.metrics.group_metrics` and the mean cross-entropy `loss` of the logits"
+    label = torch.as_tensor(label).long()
+    pred = logits.argmax(1) if pred is None else pred
+    m = group_metrics(label.numpy(), np.asarray(pred), np.asarray(group), classes, groups)
+    return dict({k: m[k] for k in SUMMARY_METRICS}, loss=float(F.cross_entropy(logits.float(), label)))
 
 # %% ../nbs/30_mixed_precision.ipynb #cab6b9ed
 def fairness_term(ce:torch.Tensor, # per-image cross-entropy
@@ -434,13 +473,15 @@ def train_epochs(model:nn.Module, # changed in place
                  fairness_lambda:float=0.0, grad_clip:float=1.0, weight_decay:float=0.01,
                  bit_params:Sequence=(), bit_lr:float=1e-2, lambda_b:float=0.0, # learned bits (BAQ)
                  after_epoch:Callable=None, # called with (epoch, mean train loss) after each epoch
-                 progress:bool=True, desc:str='')->list:
+                 progress:bool=True, desc:str='',
+                 max_steps:int=None)->list: # stop after this many optimiser steps (None: every batch of every epoch)
     "Train with AdamW, clipping and the fairness term; returns the mean training loss of each epoch"
     if len(train) == 0: raise ValueError("train_epochs: the train split has no images")
+    if max_steps is not None and max_steps < 1: raise ValueError(f"train_epochs: max_steps={max_steps}; expected at least 1 (or None)")
     opt = torch.optim.AdamW(_opt_groups(model, bit_params, lr, bit_lr, weight_decay))
     params = [p for g in opt.param_groups for p in g['params']]
     qs = [q for m in model.modules() if isinstance(q := quantizer(m), LearnableBits)]
-    losses = []
+    losses, steps = [], 0
     for e in range(epochs):
         model.train(); tot, n = 0.0, 0
         dl = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed*1000 + e))
@@ -453,9 +494,11 @@ def train_epochs(model:nn.Module, # changed in place
             if grad_clip: torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
             for q in qs: q.project_()
-            tot += float(loss.detach())*len(y); n += len(y)
+            tot += float(loss.detach())*len(y); n += len(y); steps += 1
+            if steps == max_steps: break
         losses.append(tot/n)
         if after_epoch: after_epoch(e + 1, tot/n)
+        if steps == max_steps: break
     return losses
 
 # %% ../nbs/30_mixed_precision.ipynb #591d113d
@@ -476,7 +519,7 @@ class QuantConfig:
     cvar_alpha: float = 0.1            # cvar reducer
     bit_min: int = 2                   # baq: learned bits stay in [bit_min, bit_max]
     bit_max: int = 8
-    lambda_b: float = 1e-2             # baq: L2 pull of the bits toward their initial values
+    lambda_b: float = 1e-2             # baq: L2 pull of the bits toward their initial values (the budget is held by `project_bits`)
     rounds: int = 3                    # iterative_qat: steps until the final mix
     qat: bool = False                  # uniform: also train (QAT) like the mixed configurations (not in the published grid)
     def __post_init__(self):
@@ -489,9 +532,13 @@ class QuantConfig:
     def needs_importance(self)->bool: return self.mode in ('fair_static', 'fair_static_qat', 'iterative_qat', 'baq_learnable')
     @property
     def trains(self)->bool: return self.mode in ('none', 'fair_static_qat', 'iterative_qat', 'baq_learnable') or (self.mode == 'uniform' and self.qat)
+    @property
+    def reference(self)->str:
+        "The run this one is compared with: 'fp32_ft' (FP32 trained the same way) if it trains, else 'fp32' (the fine-tuned checkpoint); 'fp32' for FP32 training itself"
+        return 'fp32_ft' if self.trains and self.mode != 'none' else 'fp32'
 
 CONFIGS = Registry('quantization configuration')
-for _c in [QuantConfig('fp32', 'none'),
+for _c in [QuantConfig('fp32_ft', 'none'),
            QuantConfig('uniform8', 'uniform', uniform_bit=8),
            QuantConfig('uniform4', 'uniform', uniform_bit=4),
            QuantConfig('fairgrape', 'fair_static_qat', 'grape', 'max'),
@@ -503,11 +550,14 @@ for _c in [QuantConfig('fp32', 'none'),
            QuantConfig('fq_static', 'fair_static', 'grape', 'balanced'),
            QuantConfig('fq_qat_iter', 'iterative_qat', 'grape', 'balanced', fairness_lambda=0.5, rounds=3),
            QuantConfig('uniform4_qat', 'uniform', uniform_bit=4, qat=True),
-           QuantConfig('fq_qat_blind', 'fair_static_qat', 'grape', None, fairness_lambda=0.5)]:
+           QuantConfig('fq_qat_blind', 'fair_static_qat', 'grape', None, fairness_lambda=0.5),
+           QuantConfig('fq_qat_nofair', 'fair_static_qat', 'grape', 'balanced', fairness_lambda=0.0)]:
     CONFIGS.register(_c.name)(lambda c=_c: c)
 
 def get_config(name:str|dict|QuantConfig, **overrides)->QuantConfig:
     "A registered configuration by name (or a dict / `QuantConfig`), with fields overridden"
+    if name == 'fp32': raise KeyError("config 'fp32' is the fine-tuned checkpoint itself (stage 10's), which stage 30 does not write; "
+                                      "'fp32_ft' is FP32 trained exactly like the QAT configurations")
     c = name if isinstance(name, QuantConfig) else QuantConfig(**name) if isinstance(name, dict) else CONFIGS.get(name)()
     unknown = [k for k in overrides if k not in QuantConfig.__dataclass_fields__]
     if unknown: raise ValueError(f"config {c.name!r}: unknown field(s) {unknown}; known: {list(QuantConfig.__dataclass_fields__)}")
@@ -554,22 +604,34 @@ def layer_type(m:nn.Module)->str:
     "The layer's class name (the original one when quantization has wrapped its class)"
     return (type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)).__name__
 
-BIT_COLUMNS = ['layer', 'type', 'granularity', 'weight_shape', 'out_channels', 'avg_bits', 'hist', 'params', 'bits_total',
-               'baseline_bits', 'reduction_pct']
+BIT_COLUMNS = ['layer', 'type', 'granularity', 'weight_shape', 'out_channels', 'avg_bits', 'hist', 'params', 'weight_bits', 'scales',
+               'bitmap_bits', 'stored_bits', 'baseline_bits', 'reduction_pct']
+
+def layer_storage(bits:torch.Tensor, # one layer's bits per unit (`model_bits`)
+                  shape:Sequence[int])->dict: # the weight's shape (output channels first)
+    "Bits a deployed layer stores: its integers, one float32 scale per output channel not wholly pruned, and its bit map"
+    o, n = int(shape[0]), math.prod(shape); b = torch.as_tensor(bits).to(torch.int64)
+    per_ch = b.reshape(1, 1).expand(o, 1) if b.numel() == 1 else b.reshape(o, -1)      # per_tensor: the tensor's width on every channel
+    q = (per_ch >= 1) & (per_ch <= 16)
+    widths = len(torch.unique(b))                    # the bit map: each distinct width (1 byte), then per unit an index when several
+    weight_bits = int((b*(n//b.numel())).sum())
+    return dict(weight_bits=weight_bits, scales=int(q.any(1).sum()), bitmap_bits=8*widths + (math.ceil(math.log2(widths))*b.numel() if widths > 1 else 0))
 
 def bit_distribution(model:nn.Module, # the model (quantized or not)
                      granularity:str)->pd.DataFrame: # recorded in the table ('fp32' for unquantized layers)
-    "One row per Conv2d/Linear (module order): shape, average bits, histogram of units per bit, size in bits"
+    "One row per Conv2d/Linear (module order): shape, average bits, histogram of units per bit, and what it stores (`layer_storage`)"
     rows, bits = [], model_bits(model)
     for k, m in quant_layers(model).items():
         shape = weight_shape(m); n = math.prod(shape)
-        b = bits.get(k, torch.full((1,), 32, dtype=torch.int8))
+        if k in bits:
+            b = bits[k]; st = layer_storage(b, shape)
+        else: b = torch.full((1,), 32, dtype=torch.int8); st = dict(weight_bits=32*n, scales=0, bitmap_bits=0)   # float32 weights: nothing else
         cnt = torch.bincount(b.reshape(-1).to(torch.int64), minlength=33)
         hist = {v: int(c) for v, c in enumerate(cnt.tolist()) if c}
-        total = sum(v*c for v, c in hist.items())*(n//b.numel())
+        stored = st['weight_bits'] + 32*st['scales'] + st['bitmap_bits']
         rows.append(dict(layer=k.removesuffix('.weight'), type=layer_type(m), granularity=granularity if k in bits else 'fp32',
-                         weight_shape=str(shape), out_channels=shape[0], avg_bits=total/n, hist=str(hist),
-                         params=n, bits_total=total, baseline_bits=32*n, reduction_pct=100*(1 - total/(32*n))))
+                         weight_shape=str(shape), out_channels=shape[0], avg_bits=st['weight_bits']/n, hist=str(hist), params=n, **st,
+                         stored_bits=stored, baseline_bits=32*n, reduction_pct=100*(1 - stored/(32*n))))
     return pd.DataFrame(rows, columns=BIT_COLUMNS)
 
 def bit_shares(model:nn.Module)->pd.DataFrame:
@@ -587,20 +649,28 @@ def bit_shares(model:nn.Module)->pd.DataFrame:
 # %% ../nbs/30_mixed_precision.ipynb #b1da0b2d
 def size_report(table:pd.DataFrame, # from `bit_distribution`
                 flops:dict)->tuple: # from `layer_flops`
-    "(text of size_report.txt, totals): MB, average bits, GOPs and effective GOPs"
-    bits, base, n = table.bits_total.sum(), table.baseline_bits.sum(), table.params.sum()
+    "(text of size_report.txt, totals): MB stored (weights, scales, bit maps), average weight bits, GOPs and weight-bit GOPs"
+    wb, st, base, n = table.weight_bits.sum(), table.stored_bits.sum(), table.baseline_bits.sum(), table.params.sum()
     ch_bits = (table.avg_bits*table.out_channels).sum()/table.out_channels.sum()
     f = np.array([flops.get(l + '.weight', flops.get(l, 0)) for l in table.layer], dtype=float)
-    gops, eff = f.sum()/1e9, (f*table.avg_bits.to_numpy()/32).sum()/1e9
-    lines = ['Per-layer weight bits (Conv2d/Linear weights only; biases, norms and scales excluded)']
-    lines += [f"{r.layer:>40} | {r.type} | avg_bits={r.avg_bits:.2f} | params={r.params} | reduction={r.reduction_pct:.1f}% | hist={r.hist}"
-              for r in table.itertuples()]
-    tot = dict(size_mb=bits/8/1e6, baseline_mb=base/8/1e6, reduction_pct=100*(1 - bits/base), avg_bits=bits/n,
-               avg_bits_channels=ch_bits, gops=gops, effective_gops=eff, gop_reduction_pct=100*(1 - eff/gops) if gops else 0.0)
-    lines += ['', f"TOTAL size ~ {tot['size_mb']:.4f} MB (baseline {tot['baseline_mb']:.4f} MB) reduction {tot['reduction_pct']:.1f}%",
-              f"AVG BITS (param-weighted): {tot['avg_bits']:.3f}", f"AVG BITS (channel-weighted): {tot['avg_bits_channels']:.3f}",
-              f"TOTAL GOPs: {gops:.4f} | Effective GOPs: {eff:.4f} | Computation Reduction: {tot['gop_reduction_pct']:.1f}%",
-              "(GOPs = 2 x multiply-adds of the Conv2d/Linear layers on one image; linear layers counted once per token)"]
+    gops, wgops = f.sum()/1e9, (f*table.avg_bits.to_numpy()/32).sum()/1e9
+    tot = dict(size_mb=st/8/1e6, weights_mb=wb/8/1e6, scales_mb=32*table.scales.sum()/8/1e6, bitmap_mb=table.bitmap_bits.sum()/8/1e6,
+               baseline_mb=base/8/1e6, reduction_pct=100*(1 - st/base), avg_bits=wb/n, stored_bits_per_weight=st/n, avg_bits_channels=ch_bits,
+               gops=gops, weight_bit_gops=wgops, weight_bit_gops_reduction_pct=100*(1 - wgops/gops) if gops else 0.0)
+    grans = [g for g in dict.fromkeys(table.granularity) if g in GRANULARITY_UNITS]
+    lines = ['Per-layer storage of the Conv2d/Linear weights: integers at their bits, one float32 scale per output channel not wholly pruned, '
+             "the bit map (each layer's distinct widths, 1 byte each, and per unit an index of ceil(log2 widths) bits when it has several); "
+             'float32 for unquantized layers; biases, norms and other parameters not counted',
+             *[f'granularity {g}: {GRANULARITY_UNITS[g]}' for g in grans]]
+    lines += [f"{r.layer:>40} | {r.type} | avg_bits={r.avg_bits:.2f} | params={r.params} | scales={r.scales} | bitmap_bits={r.bitmap_bits} | "
+              f"reduction={r.reduction_pct:.1f}% | hist={r.hist}" for r in table.itertuples()]
+    lines += ['', f"TOTAL size ~ {tot['size_mb']:.4f} MB stored = weights {tot['weights_mb']:.4f} + scales {tot['scales_mb']:.4f} + bit maps "
+                  f"{tot['bitmap_mb']:.4f} (baseline float32 weights {tot['baseline_mb']:.4f} MB) reduction {tot['reduction_pct']:.1f}%",
+              f"AVG BITS (param-weighted, weights only): {tot['avg_bits']:.3f} | stored bits per weight: {tot['stored_bits_per_weight']:.3f}",
+              f"AVG BITS (channel-weighted): {tot['avg_bits_channels']:.3f}",
+              f"TOTAL GOPs: {gops:.4f} | weight-bit GOPs: {wgops:.4f} | weight-bit GOPs reduction: {tot['weight_bit_gops_reduction_pct']:.1f}%",
+              "(GOPs = 2 x multiply-adds of the Conv2d/Linear layers on one image, linear layers counted once per token; weight-bit GOPs "
+              "weight each layer's GOPs by its average weight bits / 32: activations stay float32, so this is not a count of bit operations)"]
     return '\n'.join(lines) + '\n', tot
 
 def bitwidth_text(shares:pd.DataFrame)->str:
@@ -609,27 +679,26 @@ def bitwidth_text(shares:pd.DataFrame)->str:
                        'Params-weighted:', *[f'  {b}b: {p:.2f}%' for b, p in shares.params_pct.items()]]) + '\n'
 
 # %% ../nbs/30_mixed_precision.ipynb #dbdf0a34
-def results_block(title:str, m:dict, groups:Sequence[str])->str:
-    "The research code's evaluation block (spec §6), which its plot_radar.py parses"
-    ga = m['group_acc']
-    lines = [f'--- [{title}] ---', f"OVERALL RESULTS: val_loss={m.get('loss', float('nan')):.4f}",
-             f"   Accuracy:    avg={m['group_mean_acc']:.3f} | worst={m['worst_group_acc']:.3f} | gap={m['group_mean_acc'] - m['worst_group_acc']:.3f}",
-             '   Fairness (Mean across classes):', f"     EOpp1 (TPR Gap): {m['EOpp1']:.4f}", f"     EOpp0 (TNR Gap): {m['EOpp0']:.4f}",
-             f"     EOdd  (TPR+FPR): {m['EOdds']:.4f}", '-'*60, 'ID | Group Name | Samples | Acc']
+def results_block(title:str, # e.g. 'FINAL RESULTS: fq_qat'
+                  m:dict, # from `run_metrics`
+                  groups:Sequence[str],
+                  split:str='test')->str: # the split `m` was measured on
+    "The research code's evaluation block (spec §6) in its layout, with our quantities (`run_metrics`) under labels that say what they are"
+    lines = [f'--- [{title}] ---',
+             f"OVERALL RESULTS: val_loss={m['loss']:.4f}   (mean cross-entropy on {split}; overall accuracy {m['acc']:.3f})",
+             f"   Accuracy:    avg={m['group_mean_acc']:.3f} | worst={m['worst_group_acc']:.3f} | gap={m['gap_pp']/100:.3f}   "
+             f"(avg: mean of the group accuracies; worst: {m['worst_group']}; gap: best ({m['best_group']}) minus worst)",
+             '   Fairness (fairlearn, one-vs-rest, mean over the classes with a gap; points):',
+             f"     DP    (selection-rate gap): {m['dp_pp']:.2f}", f"     EO    (TPR gap): {m['eo_pp']:.2f}",
+             f"     EOdds (larger of TPR and FPR gaps): {m['eodds_pp']:.2f}", '-'*60, 'ID | Group Name | Samples | Acc']
     for j, g in enumerate(groups):
         name = g if len(g) <= 15 else g[:13] + '..'
-        lines.append(f"{j:2d} | {name:15s} | {m['group_n'][g]:7d} | {ga[g]:.4f}")
+        lines.append(f"{j:2d} | {name:15s} | {m['group_n'][g]:7d} | {m['group_acc'][g]:.4f}")
     return '\n'.join(lines + ['-'*60])
 
 # %% ../nbs/30_mixed_precision.ipynb #c404dbc2
 QUANT_FORMAT = 'fairquant-quantized/1'
 _QHEADER = ('format', 'model', 'classes', 'groups', 'data_config', 'granularity', 'config')
-
-def _sha256(path)->str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for blk in iter(lambda: f.read(1 << 20), b''): h.update(blk)
-    return h.hexdigest()
 
 def save_quantized_checkpoint(model:nn.Module, # a quantized model built by `build_model` (fq_spec, pretrained_cfg)
                               path, # stem, .safetensors or .json
@@ -644,7 +713,7 @@ def save_quantized_checkpoint(model:nn.Module, # a quantized model built by `bui
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in latent_state_dict(model).items()}
     sd.update({f'fq_bits/{k}': b.cpu().contiguous() for k, b in bits.items()})
     with atomic_path(wpath) as t:
-        write_safetensors(sd, t, metadata={k: json.dumps(v) for k, v in desc.items()}); sha = _sha256(t)
+        write_safetensors(sd, t, metadata={k: json.dumps(v) for k, v in desc.items()}); sha = file_sha256(t)
     summ = {k: dict(shape=list(b.shape), hist={int(v): int(c) for v, c in enumerate(torch.bincount(b.reshape(-1).to(torch.int64), minlength=33).tolist()) if c})
             for k, b in bits.items()}   # the exact bits are in the weights file as fq_bits/<weight name>
     save_json(dict(desc, weights=dict(file=wpath.name, sha256=sha), layers_quantized=len(bits), bits_summary=summ, **meta,
@@ -666,7 +735,7 @@ def load_quantized_checkpoint(path, # the .safetensors, the .json or their stem
         if meta.get(k) != header[k]: raise ValueError(f"{jpath}: {k} = {meta.get(k)!r} differs from what {wpath.name} was saved with ({header[k]!r})")
     if classes is not None and list(classes) != header['classes']:
         raise ValueError(f"{wpath}: the checkpoint's classes {header['classes']} differ from the expected {list(classes)}")
-    if verify_hash and _sha256(wpath) != meta['weights']['sha256']: raise ValueError(f"{wpath}: SHA-256 differs from the one in {jpath.name}")
+    if verify_hash and file_sha256(wpath) != meta['weights']['sha256']: raise ValueError(f"{wpath}: SHA-256 differs from the one in {jpath.name}")
     sd = load_file(str(wpath))
     bits = {k.removeprefix('fq_bits/'): sd.pop(k) for k in [k for k in sd if k.startswith('fq_bits/')]}
     with torch.random.fork_rng(devices=[]):
@@ -690,12 +759,14 @@ class StageSettings:
     target_avg_bits: float = 4.0       # parameter-weighted average bits of every mixed configuration
     epochs: int = 1                    # training epochs (per round for iterative QAT)
     lr: float = 1e-4                   # AdamW learning rate of the weights
-    bit_lr: float = 1e-2               # AdamW learning rate of learned bits (BAQ)
+    bit_lr: float = 0.1                # AdamW learning rate of learned bits (BAQ; 0.01 moved no unit's width in one epoch, see below)
+    baq_final_epochs: float = 0.25     # BAQ: fine-tuning at the final integer bits, in epochs of the train split (fractions allowed; 0: none)
     batch_size: int = 32
     n_train: int = 0                   # seeded subset of the train split (0: all)
     n_val: int = 0                     # seeded subset of the val split for the per-epoch log (0: all)
-    fairness_lambda: float = None      # overrides every configuration's own (None: keep theirs)
+    fairness_lambda: float = None      # > 0: replaces the weight of configurations with a fairness term (None: keep theirs)
     rounds: int = None                 # overrides iterative QAT's rounds (None: keep)
+    test_predictions: bool = True      # False: no test predictions or metrics here (50_validation evaluates the saved model)
     grad_clip: float = 1.0             # max gradient norm (0: off)
     weight_decay: float = 0.01         # AdamW weight decay on weight matrices
     seed: int = 0
@@ -704,6 +775,20 @@ class StageSettings:
         check_granularity(self.granularity)
         for k in ('epochs', 'batch_size', 'eval_batch_size'):
             if getattr(self, k) < (0 if k == 'epochs' else 1): raise ValueError(f"StageSettings.{k}={getattr(self, k)}: too small")
+        lam = self.fairness_lambda
+        if lam is not None and not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+            raise ValueError(f"StageSettings.fairness_lambda={lam!r}: expected a weight > 0 for the configurations with a fairness term, or None "
+                             f"(their own); 0 would make fq_qat equal fq_qat_nofair under another name: run fq_qat_nofair instead")
+        f = self.baq_final_epochs
+        if not (isinstance(f, (int, float)) and math.isfinite(f) and f >= 0): raise ValueError(f"StageSettings.baq_final_epochs={f!r}: expected a number of epochs >= 0")
+        if not isinstance(self.test_predictions, bool): raise ValueError(f"StageSettings.test_predictions={self.test_predictions!r}: expected True or False")
+
+def stage_config(config:str|dict|QuantConfig, # a CONFIGS name (or a dict / QuantConfig)
+                 s:StageSettings)->QuantConfig:
+    "The configuration a run uses: `s.fairness_lambda` replaces the weight of configurations with a fairness term, `s.rounds` iterative QAT's"
+    cfg = get_config(config)
+    over = dict(fairness_lambda=s.fairness_lambda if cfg.fairness_lambda > 0 else None, rounds=s.rounds if cfg.mode == 'iterative_qat' else None)
+    return get_config(cfg, **over)
 
 def stage_checkpoints(run_dir, tags:Sequence[str]=None)->list:
     "The rows of 10_finetune_vit_swin/checkpoints.json to quantize (all, or those named in `tags`)"
@@ -760,7 +845,8 @@ def _close(log:logging.Logger):
 
 def _test_split(ds:GroupDataset, tf)->tuple:
     t = ds.split('test').reset_index(drop=True)
-    if len(t) == 0: raise ValueError(f"dataset {ds.name!r}: the test split has no images; predictions and summary.json are reported on test")
+    if len(t) == 0: raise ValueError(f"dataset {ds.name!r}: the test split has no images; predictions and summary.json are reported on test "
+                                "(test_predictions=False leaves the test split to 50_validation)")
     absent = [g for j, g in enumerate(ds.groups) if not (t.group == j).any()]
     if absent: raise ValueError(f"dataset {ds.name!r}: the test split has no images of group(s) {absent}; the worst-group accuracy "
                                 f"and the gap would silently leave them out; expected every group of {list(ds.groups)} in test")
@@ -771,14 +857,15 @@ def _report_args(cfg:QuantConfig, s:StageSettings, extra:dict)->str:
     return 'FairQuant Run Arguments\n' + '='*30 + '\n' + ''.join(f'{k}: {v}\n' for k, v in d.items())
 
 # %% ../nbs/30_mixed_precision.ipynb #9a630803
-def _train_for(cfg, s, model, train, val, ds, log, progress, bit_params=(), desc=''):
-    "Train `model` for the settings' epochs, logging val metrics after each epoch"
+def _train_for(cfg, s, model, train, val, ds, log, progress, bit_params=(), desc='', epochs=None, max_steps=None):
+    "Train `model` for the settings' epochs (or `epochs`, at most `max_steps` steps), logging val metrics after each epoch"
+    epochs = s.epochs if epochs is None else epochs
     def after(e, loss):
         lg, y, g = predict_split(model, val.dataset, s.eval_batch_size)
-        m = summary_metrics(y, g, lg.argmax(1), ds.classes, ds.groups, F.cross_entropy(lg, y).item())
-        log.info(f'train loss {loss:.4f}\n' + results_block(f'{desc}Epoch {e}/{s.epochs} (val)', m, ds.groups))
-    return train_epochs(model, train.dataset, s.epochs, s.lr, s.batch_size, s.seed, cfg.fairness_lambda, s.grad_clip,
-                        s.weight_decay, bit_params, s.bit_lr, cfg.lambda_b if bit_params else 0.0, after, progress, desc)
+        m = run_metrics(lg, y, g, ds.classes, ds.groups)
+        log.info(f'train loss {loss:.4f}\n' + results_block(f'{desc}Epoch {e}/{epochs} (val)', m, ds.groups, 'val'))
+    return train_epochs(model, train.dataset, epochs, s.lr, s.batch_size, s.seed, cfg.fairness_lambda, s.grad_clip,
+                        s.weight_decay, bit_params, s.bit_lr, cfg.lambda_b if bit_params else 0.0, after, progress, desc, max_steps)
 
 def quantize_for(cfg:QuantConfig, s:StageSettings, model:nn.Module, scores:dict, train, val, ds, log, progress=True)->dict:
     "Apply a configuration to `model` in place (assign, quantize, train as its mode says); returns what to record"
@@ -801,13 +888,24 @@ def quantize_for(cfg:QuantConfig, s:StageSettings, model:nn.Module, scores:dict,
             quantize_model(model, b, g)
             log.info(f'[iterative] round {r}/{cfg.rounds}: {100*avg_share_fixed(b):.1f}% of units at their final bits')
             if s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc=f'[Round {r}/{cfg.rounds}] ')
-    elif cfg.mode == 'baq_learnable':
-        params = learnable_bits(model, bits, g, cfg.bit_min, cfg.bit_max)
-        if s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, params, desc='[BAQ] ')
-        learned = freeze_bits(model)
-        rec['bits_changed'] = int(sum(int((learned[k] != bits[k]).sum()) for k in bits))
-        log.info(f"[baq] {rec['bits_changed']} unit(s) changed bit width during training")
+    elif cfg.mode == 'baq_learnable': rec.update(_baq(cfg, s, model, bits, scores, train, val, ds, log, progress))
     return rec
+
+def _baq(cfg, s, model, bits, scores, train, val, ds, log, progress)->dict:
+    "BAQ: learn real-valued bits from `bits`, project them onto the budget (`project_bits`), fine-tune at the final bits"
+    g = s.granularity
+    params = learnable_bits(model, bits, g, cfg.bit_min, cfg.bit_max)
+    if s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, params, desc='[BAQ] ')
+    learned, shapes = learned_bits(model), {k: weight_shape(m) for k, m in _modules_for(model, bits).items()}
+    final, _, got = project_bits(learned, shapes, g, cfg.bits, s.target_avg_bits, cfg.levels, unit_scores(scores, g))
+    freeze_bits(model, final)
+    rec = bit_changes(bits, learned, final, shapes)
+    log.info(f"[baq] learned bits moved by {rec['learned_drift_mean_abs']:.3f} on average (at most {rec['learned_drift_max_abs']:.3f}); rounded, "
+             f"{rec['rounded_bits_changed']} unit(s) would change and the average be {rec['rounded_avg_bits']:.4f}; projected onto the budget: "
+             f"{rec['bits_changed']} unit(s) changed ({rec['bits_changed_params_pct']:.2f}% of weights), average {got:.4f} (target {s.target_avg_bits})")
+    steps = math.ceil(s.baq_final_epochs*math.ceil(len(train)/s.batch_size)) if train is not None and s.epochs else 0
+    if steps: _train_for(cfg, s, model, train, val, ds, log, progress, desc='[BAQ final bits] ', epochs=math.ceil(s.baq_final_epochs), max_steps=steps)
+    return dict(rec, final_finetune_steps=steps)
 
 def avg_share_fixed(bits:dict)->float:
     "Share of units not at FLOAT_BITS"
@@ -821,7 +919,7 @@ def run_config(run_dir, # run folder with 00_datasets, 10_finetune_vit_swin (and
                s:StageSettings, ds:GroupDataset=None, progress:bool=True)->dict:
     "Quantize one fine-tuned model under one configuration; write its folder; returns its summary"
     t0 = time.time(); ds = ds or open_stage_dataset(run_dir)
-    cfg = get_config(config, fairness_lambda=s.fairness_lambda, rounds=s.rounds)
+    cfg = stage_config(config, s)
     ft = require_stage(run_dir, '10_finetune_vit_swin', row['weights'], needed_by='30_mixed_precision')
     ck = load_checkpoint(ft/row['weights'])
     for k in ('classes', 'groups'):
@@ -830,7 +928,7 @@ def run_config(run_dir, # run folder with 00_datasets, 10_finetune_vit_swin (and
     unpriv = choose_unprivileged(ck.meta) if cfg.reducer == 'subtractive' else None
     imp = importance_file(run_dir, row['tag'], cfg) if cfg.needs_importance else None
     set_seed(s.seed); model, tf = ck.model, build_transform(ck.data_config)
-    test_t, test_ds = _test_split(ds, tf)
+    test = _test_split(ds, tf) if s.test_predictions else None
     train = split_data(ds, 'train', tf, s.n_train or None, s.seed, cache=True) if cfg.trains and s.epochs else None
     val = split_data(ds, 'val', tf, s.n_val or None, s.seed, cache=True) if cfg.trains and s.epochs else None
     for sp in (train, val):
@@ -843,7 +941,7 @@ def run_config(run_dir, # run folder with 00_datasets, 10_finetune_vit_swin (and
         try:
             log.info(f"run {row['tag']}/{cfg.name}: config {asdict(cfg)} settings {asdict(s)} unprivileged {unpriv} importance {imp}")
             rec = quantize_for(cfg, s, model, scores, train, val, ds, log, progress)
-            summary = _finish_run(d, model, ck, ds, cfg, s, test_t, test_ds, log, row['tag'])
+            summary = _finish_run(d, model, ck, ds, cfg, s, test, log, row['tag'])
         finally: _close(log)
         summary.update(rec, unprivileged=unpriv, importance=None if imp is None else str(Path(imp).relative_to(Path(run_dir))),
                        seconds=round(time.time() - t0, 2), base_checkpoint=row['weights'], base_sha256=ck.meta['weights']['sha256'])
@@ -852,85 +950,167 @@ def run_config(run_dir, # run folder with 00_datasets, 10_finetune_vit_swin (and
     return summary
 
 # %% ../nbs/30_mixed_precision.ipynb #1eaf25ff
-def _finish_run(d:Path, model, ck, ds, cfg, s, test_t, test_ds, log, tag)->dict:
-    "Test predictions, metrics, reports and checkpoint of a finished model"
+TEST_NOT_COMPUTED = ("not computed here (test_predictions=False): 50_validation evaluates the saved model on the test split; "
+                     "predictions.csv and the test metrics are its")
+
+def _test_metrics(d:Path, model, ds, cfg, s, test, log)->dict:
+    "Test predictions (predictions.csv) and the metrics of exactly those predictions"
+    test_t, test_ds = test
     lg, y, g = predict_split(model, test_ds, s.eval_batch_size)
     if not (np.array_equal(y.numpy(), test_t.label.to_numpy()) and np.array_equal(g.numpy(), test_t.group.to_numpy())):
         raise RuntimeError("test predictions are not in the test table's order")
-    m = summary_metrics(y, g, lg.argmax(1), ds.classes, ds.groups, F.cross_entropy(lg, y).item())
-    log.info('\n' + results_block(f'FINAL RESULTS: {cfg.name}', m, ds.groups))
-    save_predictions(d/'predictions.csv', image_ids=test_t.image_id.tolist(), groups=[ds.groups[i] for i in test_t.group],
-                     labels=test_t.label.to_numpy(), probs=lg.softmax(1).numpy(), classes=ds.classes)
+    preds = predictions_table(image_ids=test_t.image_id.tolist(), groups=[ds.groups[i] for i in test_t.group],
+                              labels=test_t.label.to_numpy(), probs=lg.softmax(1).numpy(), classes=ds.classes)
+    m = run_metrics(lg, y, g, ds.classes, ds.groups, pred=table_codes(preds, ds.classes, ds.groups, d/'predictions.csv')[1])
+    save_csv(preds, d/'predictions.csv')
+    log.info('\n' + results_block(f'FINAL RESULTS: {cfg.name}', m, ds.groups, 'test'))
+    return dict(test_predictions=True, n_test=len(test_t), **m)
+
+def _finish_run(d:Path, model, ck, ds, cfg, s, test, log, tag)->dict:
+    "Test predictions and metrics (unless `test` is None), reports and checkpoint of a finished model"
+    if test is None: log.info(f'[final] {cfg.name}: test metrics {TEST_NOT_COMPUTED}'); m = dict(test_predictions=False, test_metrics=TEST_NOT_COMPUTED)
+    else: m = _test_metrics(d, model, ds, cfg, s, test, log)
     gran = s.granularity if model_bits(model) else 'fp32'
     table = bit_distribution(model, gran)
     text, tot = size_report(table, layer_flops(model, ck.data_config['input_size']))
     save_csv(table, d/'bit_distribution.csv'); (d/'size_report.txt').write_text(text)
     (d/'bitwidth_percentages.txt').write_text(bitwidth_text(bit_shares(model)))
-    log.info(f"[bit-report] avg_bits={tot['avg_bits']:.3f} size={tot['size_mb']:.4f}MB GOPs={tot['gops']:.4f} effective={tot['effective_gops']:.4f}")
+    log.info(f"[bit-report] avg_bits={tot['avg_bits']:.3f} size={tot['size_mb']:.4f}MB (weights {tot['weights_mb']:.4f}, scales {tot['scales_mb']:.4f}, "
+             f"bit maps {tot['bitmap_mb']:.4f}) GOPs={tot['gops']:.4f} weight_bit_gops={tot['weight_bit_gops']:.4f}")
     log.info('[bitwidth %] ' + ' '.join(f'{b}b={p:.2f}%' for b, p in bit_shares(model).params_pct.items()))
     w, _ = save_quantized_checkpoint(model, d/f'{tag}_{cfg.name}', ds.classes, ds.groups, ck.data_config, gran, cfg.name,
                                      config_settings=asdict(cfg), settings=asdict(s), base_checkpoint=str(ck.path))
-    return dict(config=cfg.name, tag=tag, mode=cfg.mode, seed=s.seed, granularity=gran, target_avg_bits=s.target_avg_bits if cfg.needs_importance else None,
-                avg_bits=tot['avg_bits'], avg_bits_channels=tot['avg_bits_channels'], size_mb=tot['size_mb'], baseline_mb=tot['baseline_mb'],
-                gops=tot['gops'], effective_gops=tot['effective_gops'], n_test=len(test_t), checkpoint=w.name,
-                **{k: m[k] for k in ('acc', 'group_acc', 'group_n', 'worst_group_acc', 'group_mean_acc', 'gap_pp', 'macro_recall',
-                                     'EOpp0', 'EOpp1', 'EOdds', 'eo_classes', 'loss')}, git_commit=git_commit())
+    return dict(config=cfg.name, tag=tag, mode=cfg.mode, trains=cfg.trains, reference=cfg.reference, fairness_lambda=cfg.fairness_lambda,
+                seed=s.seed, granularity=gran, granularity_units=GRANULARITY_UNITS.get(gran, 'float32 weights, not quantized'),
+                target_avg_bits=s.target_avg_bits if cfg.needs_importance else None,
+                **{k: tot[k] for k in ('avg_bits', 'avg_bits_channels', 'size_mb', 'weights_mb', 'scales_mb', 'bitmap_mb', 'baseline_mb',
+                                       'stored_bits_per_weight', 'gops', 'weight_bit_gops')},
+                checkpoint=w.name, **m, git_commit=git_commit())
 
 # %% ../nbs/30_mixed_precision.ipynb #58e57a60
 def evaluate_finetuned(run_dir, row:dict, ds:GroupDataset=None, batch_size:int=128)->dict:
-    "Test metrics of the fine-tuned checkpoint itself (32 bits): the reference point of the plots"
+    "Test metrics of the fine-tuned checkpoint itself (`fp32`, 32 bits): the reference of the configurations that do not train"
     ds = ds or open_stage_dataset(run_dir)
     ck = load_checkpoint(require_stage(run_dir, '10_finetune_vit_swin', row['weights'], needed_by='30_mixed_precision')/row['weights'])
     t, tds = _test_split(ds, build_transform(ck.data_config))
     lg, y, g = predict_split(ck.model, tds, batch_size)
-    return dict(config='finetuned', tag=row['tag'], avg_bits=32.0, **summary_metrics(y, g, lg.argmax(1), ds.classes, ds.groups))
+    return dict(config='fp32', tag=row['tag'], avg_bits=32.0, trains=False, reference=None, n_test=len(t), **run_metrics(lg, y, g, ds.classes, ds.groups))
+
+RUN_KEYS = ('tag', 'config', 'folder', 'summary')   # a row of 30_mixed_precision/runs.json
 
 def update_runs(run_dir, summary:dict)->Path:
     "Add (or replace, by tag and config) one run in 30_mixed_precision/runs.json"
     f = stage_dir(run_dir, '30_mixed_precision')/'runs.json'
     idx = load_json(f) if f.exists() else dict(runs=[])
     key = (summary['tag'], summary['config'])
-    row = dict(tag=key[0], config=key[1], dir=f'{key[0]}/{key[1]}', summary=summary)
-    idx['runs'] = [r for r in idx['runs'] if (r['tag'], r['config']) != key] + [row]
+    row = dict(tag=key[0], config=key[1], folder=f'{key[0]}/{key[1]}', summary=summary)
+    idx['runs'] = [r for r in idx['runs'] if (r.get('tag'), r.get('config')) != key] + [row]
     return save_json(idx, f)
 
+def read_runs(run_dir, # a run folder with 30_mixed_precision/runs.json
+              configs:Sequence[str]=None, # keep these configurations (None: all); one absent from the file is an error
+              tags:Sequence[str]=None)->list: # keep these models (None: all); one absent is an error
+    "The rows of 30_mixed_precision/runs.json (tag, config, folder relative to the stage folder, summary), checked"
+    d = require_stage(run_dir, '30_mixed_precision', 'runs.json', needed_by='read_runs')
+    f = d/'runs.json'; rows = load_json(f).get('runs')
+    if not isinstance(rows, list): raise ValueError(f"{f}: expected {{'runs': [...]}}, one row per (tag, config)")
+    out = []
+    for i, r in enumerate(rows):
+        r = dict(r); r.setdefault('folder', r.pop('dir', None))   # `dir`: written before the rows said `folder`
+        missing = [k for k in RUN_KEYS if r.get(k) is None]
+        if missing: raise ValueError(f"{f}: run {i} lacks {missing}; expected {list(RUN_KEYS)}")
+        out.append(r)
+    dup = pd.Series([(r['tag'], r['config']) for r in out]).duplicated()
+    if dup.any(): raise ValueError(f"{f}: run (tag, config) {[(r['tag'], r['config']) for r in out][int(dup.idxmax())]} listed twice")
+    for what, want in (('config', configs), ('tag', tags)):
+        have = list(dict.fromkeys(r[what] for r in out))
+        unknown = [w for w in (_as_list(want) or []) if w not in have]
+        if unknown: raise ValueError(f"{f}: {what}(s) {unknown} not in this file, which has {have}")
+    return [r for r in out if (configs is None or r['config'] in _as_list(configs)) and (tags is None or r['tag'] in _as_list(tags))]
+
+def _as_list(v, name:str='value')->list|None:
+    "A list parameter: a list, or a string holding a Python list literal or comma-separated names (as a command line gives them)"
+    if v is None or isinstance(v, (list, tuple)): return None if v is None else list(v)
+    if isinstance(v, str): return list(ast.literal_eval(v)) if v.strip().startswith('[') else [x.strip() for x in v.split(',') if x.strip()]
+    raise TypeError(f"{name}={v!r}: expected a list of names")
+
 # %% ../nbs/30_mixed_precision.ipynb #f6ebbcaa
-def plot_group_acc_vs_bits(runs:Sequence[dict], # summaries (run_config / evaluate_finetuned)
+def plot_group_acc_vs_bits(runs:Sequence[dict], # summaries with test metrics (run_config / evaluate_finetuned)
                            groups:Sequence[str], ax=None, title:str=''):
-    "Per-group accuracy (0-1) per configuration, ordered by average bits, FP32 levels dashed; returns the Axes"
-    import matplotlib.pyplot as plt
+    "Per-group accuracy per configuration (`fairquant.metrics.plot_group_acc`), ordered by average bits, the fp32 levels dashed; returns the Axes"
     runs = sorted(runs, key=lambda r: (-r['avg_bits'], r['config']))
-    if ax is None: _, ax = plt.subplots(figsize=(1.1*len(runs) + 2, 3.6))
-    marks, xs = 'osD^v<>p*h', np.arange(len(runs))
-    for j, g in enumerate(groups):
-        ys = [r['group_acc'].get(g) for r in runs]
-        ys = [np.nan if y is None else y for y in ys]
-        line, = ax.plot(xs + (j - (len(groups) - 1)/2)*0.12, ys, marks[j % len(marks)], ms=7, label=f'group {g}')
-        ref = [r for r in runs if r['config'] in ('finetuned', 'fp32') and r['group_acc'].get(g) is not None]
-        if ref: ax.axhline(ref[0]['group_acc'][g], color=line.get_color(), lw=0.8, ls='--')
-    ax.set_xticks(xs, [f"{r['config']}\n{r['avg_bits']:.2f} b" for r in runs], fontsize=7)
-    ax.set(ylabel='test accuracy', ylim=(0, 1), title=title, xlim=(-0.6, len(runs) - 0.4))
-    ax.legend(fontsize=8, loc='lower right')
+    label = lambda r: f"{r['config']}\n{r['avg_bits']:.2f} b"
+    df = pd.DataFrame([dict(run=label(r), group=g, acc=r['group_acc'].get(g, np.nan)) for r in runs for g in groups])
+    ax = plot_group_acc(df, ax, title, order=[label(r) for r in runs])
+    ref = next((r for r in runs if r['config'] == 'fp32'), None)
+    if ref is not None:
+        leg = ax.get_legend()
+        for h, t in zip(leg.legend_handles, leg.get_texts()):
+            if ref['group_acc'].get(t.get_text()) is not None: ax.axhline(ref['group_acc'][t.get_text()], color=h.get_color(), lw=0.8, ls='--')
+    ax.set(ylabel='test accuracy'); ax.tick_params(axis='x', labelrotation=0, labelsize=7)
     return ax
 
 # %% ../nbs/30_mixed_precision.ipynb #bd98642f
 def example_importance(run_dir, # a run folder with 00_datasets and 10_finetune_vit_swin
                        metrics:Sequence[str]=('grape',), # importance metrics to write
-                       n_batches:int=2, batch_size:int=16, hawq_samples:int=2,
-                       blind:bool=True)->Path: # also the group-blind maps (configurations with reducer None)
-    "Tiny stage-20 output (per-group and group-blind maps) for worked examples and tests; returns the stage folder"
-    from fairquant.importance import calibration_batches, group_importance, save_importance
-    ds = open_stage_dataset(run_dir)
-    for row in stage_checkpoints(run_dir):
-        ck = load_checkpoint(Path(run_dir)/'10_finetune_vit_swin'/row['weights'])
-        batches, used = calibration_batches(ds, 'train', build_transform(ck.data_config), n_batches, batch_size)
-        for metric in metrics:
-            for bl in ((False, True) if blind else (False,)):
-                b = [(x, y, torch.zeros_like(g)) for x, y, g in batches] if bl else batches
-                groups = ['all'] if bl else list(ds.groups)
-                per = {'all': len(used)} if bl else {g: int((used.group == j).sum()) for j, g in enumerate(ds.groups)}
-                save_importance(group_importance(ck.model, b, metric, n_groups=len(groups), hawq_samples=hawq_samples),
-                                Path(run_dir)/'20_importance'/row['tag']/f"importance-{metric}{'-blind' if bl else ''}.safetensors",
-                                metric=metric, classes=ds.classes, groups=groups, checkpoint=row['weights'], split='train',
-                                checkpoint_sha256=ck.meta['weights']['sha256'], n_images=len(used), n_batches=len(b), images_per_group=per)
+                       n_batches:int=2, batch_size:int=16, hawq_samples:int=2, seed:int=0)->Path:
+    "Tiny stage-20 output (per-group and group-blind maps, by `run_importance`) for worked examples and tests; returns the stage folder"
+    from fairquant.importance import run_importance
+    run_importance(run_dir, metrics=list(metrics), n_batches=n_batches, batch_size=batch_size, hawq_samples=hawq_samples,
+                   seed=seed, progress=False)
     return Path(run_dir)/'20_importance'
+
+# %% ../nbs/30_mixed_precision.ipynb #8346236a
+def _stage_settings(settings:StageSettings|None, kw:dict)->StageSettings:
+    "`settings`, or a StageSettings from keywords (unknown ones refused)"
+    if settings is not None:
+        if kw: raise ValueError(f"run_mixed_precision: give `settings` or the setting keywords {sorted(kw)}, not both")
+        return settings
+    unknown = [k for k in kw if k not in StageSettings.__dataclass_fields__]
+    if unknown: raise ValueError(f"run_mixed_precision: unknown setting(s) {unknown}; known: {list(StageSettings.__dataclass_fields__)}")
+    return StageSettings(**kw)
+
+def stage_table(summaries:Sequence[dict], # from run_config / evaluate_finetuned
+                groups:Sequence[str])->pd.DataFrame:
+    "One row per run: bits and size, and the test metrics where the run computed them"
+    def row(s):
+        r = dict(tag=s['tag'], config=s['config'], trains=s.get('trains'), reference=s.get('reference'), avg_bits=s['avg_bits'], size_mb=s.get('size_mb'))
+        if 'acc' in s: r.update(acc=s['acc'], **{f'acc[{g}]': s['group_acc'][g] for g in groups},
+                                **{k: s[k] for k in ('worst_group', 'worst_group_acc', 'gap_pp', 'macro_recall', 'eodds_pp')})
+        return r
+    return pd.DataFrame([row(s) for s in summaries]).sort_values(['tag', 'avg_bits'], ascending=[True, False], kind='stable').reset_index(drop=True)
+
+def run_mixed_precision(run_dir, # run folder: reads 00_datasets, 10_finetune_vit_swin (+ 20_importance), writes 30_mixed_precision
+                        configs:Sequence[str]=('uniform4', 'fq_qat'), # CONFIGS names (or 'a,b')
+                        tags:Sequence[str]=None, # fine-tuned models to quantize (None: every model in checkpoints.json)
+                        settings:StageSettings=None, # everything else; None: StageSettings(**kw)
+                        progress:bool=True,
+                        **kw)->dict: # StageSettings fields, when `settings` is None
+    "Run stage 30 on a run folder; returns dict(runs=summaries, fp32={tag: checkpoint test metrics}, table, figure, settings)"
+    configs, tags, s = _as_list(configs, 'configs'), _as_list(tags, 'tags'), _stage_settings(settings, kw)
+    if not configs: raise ValueError(f"configs={configs!r}: give at least one of {CONFIGS.names}")
+    twice = [c for c in dict.fromkeys(configs) if configs.count(c) > 1]
+    if twice: raise ValueError(f"configs: {twice} listed twice")
+    cfgs = [stage_config(c, s) for c in configs]
+    require_stage(run_dir, '00_datasets', 'dataset.json', needed_by='30_mixed_precision')
+    rows = stage_checkpoints(run_dir, tags)
+    if not rows: raise ValueError(f"{Path(run_dir)/'10_finetune_vit_swin'/'checkpoints.json'}: lists no fine-tuned model")
+    for row in rows:
+        for c in cfgs:
+            if c.needs_importance: importance_file(run_dir, row['tag'], c)   # refused now, not after the first runs
+    ds, out = open_stage_dataset(run_dir), stage_dir(run_dir, '30_mixed_precision')
+    runs, fp32 = [], {}
+    for row in rows:
+        if s.test_predictions: fp32[row['tag']] = evaluate_finetuned(run_dir, row, ds, s.eval_batch_size)
+        for c in cfgs:
+            runs.append(run_config(run_dir, row, c, s, ds, progress)); update_runs(run_dir, runs[-1])
+    if fp32: save_json(fp32, out/'finetuned_test.json')
+    table = stage_table([*fp32.values(), *runs], ds.groups); save_csv(table, out/'summary.csv')
+    fig_path = None
+    if fp32:
+        import matplotlib.pyplot as plt
+        fig, axs = plt.subplots(1, len(rows), figsize=(max(6, 1.1*(len(cfgs) + 1) + 2)*len(rows), 3.8), squeeze=False)
+        for row, ax in zip(rows, axs[0]):
+            plot_group_acc_vs_bits([fp32[row['tag']], *[r for r in runs if r['tag'] == row['tag']]], ds.groups, ax, row['tag'])
+        fig.tight_layout(); fig_path = save_figure(fig, out/'group_acc_vs_bits.png'); plt.close(fig)
+    return dict(runs=runs, fp32=fp32, table=table, figure=fig_path, settings=s)

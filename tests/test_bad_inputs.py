@@ -345,7 +345,7 @@ def test_quant_report_split_without_a_group(run, ds):
     t = ds.table.copy(); t = t[~((t.split == 'test') & (t.group == 1))].reset_index(drop=True)
     thin = type(ds)(ds.name, ds.root, ds.classes, ds.groups, t, ds.options)
     row = mp.stage_checkpoints(run)[0]
-    _check(lambda: mp.run_config(run, row, 'fp32', mp.StageSettings(epochs=0), thin, progress=False), ValueError,
+    _check(lambda: mp.run_config(run, row, 'fp32_ft', mp.StageSettings(epochs=0), thin, progress=False), ValueError,
            "test split has no images of group(s) ['dark']", "worst-group")
 
 def test_group_metrics_missing_group_is_visible():
