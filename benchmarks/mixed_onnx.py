@@ -21,8 +21,8 @@ warnings.filterwarnings('ignore')
 
 from fairquant.finetune import build_model, model_spec
 from fairquant.mixed_precision import assign_bits, quantize_model, quant_layers, weight_shape
-from fairquant.onnx_int8 import (export_onnx, export_mixed, load_session, onnx_session, time_sessions, run_onnx, CalibReader,
-                                 mixed_size_report)
+from fairquant.onnx_int8 import export_onnx, load_session, onnx_session, time_sessions, run_onnx, CalibReader
+from fairquant.mixed_onnx import export_mixed, mixed_size_report
 
 CLASSES, GROUPS = [f'c{i}' for i in range(10)], ['g0', 'g1']
 BATCH, REPEATS = 8, 7

@@ -16,15 +16,19 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .core import (scratch_dir, Registry, atomic_path, save_json, load_json, save_csv, read_csv, stage_dir, require_stage,
-                            rank_classes, predictions_table, save_predictions, PRED_COLUMNS, git_commit)
+                            rank_classes, predictions_table, save_predictions, PRED_COLUMNS, git_commit, file_sha256)
 from .datasets import GroupDataset, ImageGroupDataset, build_transform, open_stage_dataset, dataset_identity
-from .finetune import load_checkpoint, group_metrics
+from .finetune import load_checkpoint, checkpoint_paths, CHECKPOINT_FORMAT
+from .mixed_precision import QUANT_FORMAT, read_runs, load_quantized_checkpoint
+from .onnx_int8 import read_onnx_meta, load_session, onnx_avg_bits, weight_count
+from .mixed_onnx import mixed_run_summary, mixed_baseline
+from .metrics import group_metrics, table_metrics
 
 # %% auto #0
-__all__ = ['MODEL_KINDS', 'softmax64', 'Predictor', 'file_sha256', 'guess_kind', 'load_predictor', 'checkpoint_predictor',
+__all__ = ['MODEL_KINDS', 'ENTRY_METRICS', 'softmax64', 'Predictor', 'guess_kind', 'load_predictor', 'checkpoint_predictor',
            'onnx_predictor', 'mixed_predictor', 'check_names', 'select_rows', 'PartialStore', 'Validation',
-           'memory_metrics', 'validate', 'copy_atomic', 'find_models', 'validate_runs', 'record_runs', 'group_table',
-           'validation_baselines', 'plot_group_acc']
+           'memory_metrics', 'validate', 'copy_atomic', 'control_maker', 'find_models', 'validate_runs', 'record_runs',
+           'group_table', 'group_rows', 'validation_baselines']
 
 # %% ../nbs/50_validation.ipynb #daa7f3b7
 def softmax64(logits)->np.ndarray:
@@ -59,13 +63,6 @@ class Predictor:
 # %% ../nbs/50_validation.ipynb #d8242f1f
 MODEL_KINDS = Registry('model kind')
 
-def file_sha256(path)->str:
-    "SHA-256 of a file, read in 1 MiB blocks"
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
-    return h.hexdigest()
-
 def _safetensors_format(path:Path)->str|None:
     "The `format` entry of a safetensors file's header (JSON-decoded), or None"
     from safetensors import safe_open
@@ -77,7 +74,6 @@ def _safetensors_format(path:Path)->str|None:
 
 def guess_kind(path)->str:
     "The model kind of a file: `onnx` for .onnx; for a safetensors checkpoint, from the format in its header"
-    from fairquant.finetune import CHECKPOINT_FORMAT, checkpoint_paths
     p = Path(path)
     if p.suffix == '.onnx': return 'onnx'
     w = checkpoint_paths(p)[0]
@@ -86,7 +82,6 @@ def guess_kind(path)->str:
                          f"does not exist); pass kind= one of {MODEL_KINDS.names}")
     fmt = _safetensors_format(w)
     if fmt == CHECKPOINT_FORMAT: return 'checkpoint'
-    from fairquant.mixed_precision import QUANT_FORMAT
     if fmt == QUANT_FORMAT: return 'mixed'
     raise ValueError(f"{w}: its header has format {fmt!r}, not {CHECKPOINT_FORMAT!r} (stage 10) nor {QUANT_FORMAT!r} (stage 30)")
 
@@ -114,7 +109,6 @@ def onnx_predictor(path, # an .onnx file (FP32, INT8, or mixed 2/4/8-bit from st
                    classes:Sequence[str]=None, groups:Sequence[str]=None, data_config:dict=None, # for a file without our metadata
                    precision:str=None)->Predictor: # recorded for a file without our metadata
     "A `Predictor` over an ONNX model run with onnxruntime on the CPU, names and preprocessing from its metadata"
-    from fairquant.onnx_int8 import read_onnx_meta, load_session
     path = Path(path)
     meta = read_onnx_meta(path, classes, groups, data_config)
     if precision is not None and meta['precision'] not in (None, precision):
@@ -131,10 +125,6 @@ def mixed_predictor(path, # a model saved by 30_mixed_precision
                     **kwargs)->Predictor:
     "A `Predictor` over a mixed-precision model of stage 30 (`fairquant.mixed_precision.load_quantized_checkpoint`)"
     if kwargs: raise TypeError(f"{path}: a mixed-precision model carries its own names and data config; unexpected {sorted(kwargs)}")
-    try: from fairquant.mixed_precision import load_quantized_checkpoint
-    except ImportError as e:
-        raise ImportError(f"{path}: validating a mixed-precision model needs fairquant.mixed_precision (stage 30): {e}") from None
-    from fairquant.finetune import checkpoint_paths
     model, meta = load_quantized_checkpoint(path)   # checks the header against the sidecar and the recorded SHA-256
     w = checkpoint_paths(path)[0]
     return Predictor('mixed', w, list(meta['classes']), list(meta['groups']), dict(meta['data_config']),
@@ -207,16 +197,18 @@ class Validation:
     probs: np.ndarray       # (images, classes) float64
     labels: np.ndarray      # true class index per image
     group_idx: np.ndarray   # group index per image
-    metrics: dict           # acc, worst_group_acc, macro_recall, group_acc, group_n, top5_acc
+    metrics: dict           # `fairquant.metrics.group_metrics` of the top-1 predictions, and top5_acc
     info: dict              # model file, kind, precision, SHA-256, split, n, n_split, subset_seed, hashes, seconds
     def __repr__(self):
         return (f"Validation({self.run}: {len(self.table)} images, acc {self.metrics['acc']:.4f}, "
                 f"worst group {self.metrics['worst_group_acc']:.4f})")
 
-def memory_metrics(probs:np.ndarray, labels, group_idx, groups:Sequence[str])->dict:
-    "Accuracy overall, per group and worst-group (and top-5) from probabilities, ranking ties as `rank_classes` does"
+def memory_metrics(probs:np.ndarray, # (images, classes) probabilities
+                   labels, group_idx, # class and group index per image
+                   classes:Sequence[str], groups:Sequence[str])->dict:
+    "`fairquant.metrics.group_metrics` of the top-1 predictions (ties ranked as `rank_classes` does), plus top-5 accuracy"
     order, _ = rank_classes(probs, 5)
-    m = group_metrics(labels, group_idx, order[:, 0], groups)
+    m = group_metrics(labels, order[:, 0], group_idx, classes, groups)
     m['top5_acc'] = float((order == np.asarray(labels)[:, None]).any(1).mean())
     return m
 
@@ -277,7 +269,7 @@ def validate(model, # a `Predictor`, or a model file for `load_predictor`
     info = dict(kind=pred.kind, model_file=str(pred.path), sha256=pred.sha256, precision=pred.meta.get('precision'),
                 split=split, n=len(rows), n_split=int((ds.table.split == split).sum()), subset_seed=seed if 0 < n < len(ds.split(split)) else None,
                 ids_sha1=key['ids_sha1'], dataset_sha1=key['dataset_sha1'], seconds=round(time.perf_counter() - t0, 3))
-    return Validation(run, out, table, probs, labels, gidx, memory_metrics(probs, labels, gidx, ds.groups), info)
+    return Validation(run, out, table, probs, labels, gidx, memory_metrics(probs, labels, gidx, ds.classes, ds.groups), info)
 
 def copy_atomic(src, dst)->Path:
     "Copy a file so that `dst` is the old file or the whole new one, never a part"
@@ -293,48 +285,74 @@ def _index(run_dir, stage:str, file:str, key:str)->list:
     if not isinstance(rows, list): raise ValueError(f"{f}: expected a JSON object with a list {key!r}")
     return rows
 
-_RUN_ORDER = {'fp32': 0, 'torch-fp32': 1, 'int8-static': 2, 'int8-dynamic': 3}   # within a tag; mixed-precision runs last
+_RUN_ORDER = {'fp32': 0, 'onnx-fp32': 1, 'int8-static': 2, 'int8-dynamic': 3}   # within a tag; mixed-precision runs last
+
+def control_maker(run:str, tag:str)->str:
+    "Which stage (and configuration) makes the run `run` of model `tag` (for messages about a missing control)"
+    k = run.removeprefix(f'{tag}-')
+    if k == 'fp32': return 'stage 10_finetune_vit_swin (the fine-tuned checkpoint)'
+    if k == 'onnx-fp32': return 'stage 40_onnx_int8 (its FP32 export)'
+    return f"stage 30_mixed_precision, configuration {k!r}"
 
 def find_models(run_dir)->pd.DataFrame:
-    "The runs to validate in `run_dir`: run, kind, file, precision, baseline, tag, stage"
+    "The runs to validate in `run_dir`: run, kind, file, precision, baseline, tag, stage, avg_bits"
     require_stage(run_dir, '00_datasets', 'dataset.json', 'images.csv', needed_by='50_validation')
     d10, d30, d40, d45 = (stage_dir(run_dir, s, create=False) for s in ('10_finetune_vit_swin', '30_mixed_precision', '40_onnx_int8', '45_fair_int8'))
     cks, onx = _index(run_dir, '10_finetune_vit_swin', 'checkpoints.json', 'checkpoints'), _index(run_dir, '40_onnx_int8', 'models.json', 'models')
-    mix, fair = _index(run_dir, '30_mixed_precision', 'runs.json', 'runs'), _index(run_dir, '45_fair_int8', 'models.json', 'models')
+    mix, fair = read_runs(run_dir) if (d30/'runs.json').exists() else [], _index(run_dir, '45_fair_int8', 'models.json', 'models')
     if not (cks or onx or mix or fair):
         raise FileNotFoundError(f"{run_dir}: no model to validate: none of 10_finetune_vit_swin/checkpoints.json, "
                                 "30_mixed_precision/runs.json, 40_onnx_int8/models.json, 45_fair_int8/models.json lists one; run stage 10_finetune_vit_swin "
                                 "(and 30_mixed_precision or 40_onnx_int8 for quantized models) on this run folder first")
-    exported = {m['tag'] for m in onx if m.get('precision') == 'fp32'}
+    stale = [m['run'] for m in onx if m.get('precision') == 'fp32' and m['run'] == f"{m['tag']}-fp32"]
+    if stale: raise ValueError(f"{d40/'models.json'}: {stale} name FP32 ONNX exports as the fine-tuned checkpoints are named; the export's run "
+                               "is now '<tag>-onnx-fp32' (written by an older stage 40): rerun 40_onnx_int8 on this run folder")
+    stale = [m['run'] for m in fair if m.get('baseline') == f"{m['tag']}-fp32"]
+    if stale: raise ValueError(f"{d45/'models.json'}: {stale} have the fine-tuned checkpoint as baseline; their matched control is the FP32 "
+                               "export '<tag>-onnx-fp32' (written by an older stage 45): rerun 45_fair_int8 on this run folder")
     rows = [dict(run=m['run'], kind='onnx', file=d40/m['file'], precision=m['precision'], baseline=m.get('baseline'),
-                 tag=m['tag'], stage='40_onnx_int8') for m in onx]
+                 tag=m['tag'], stage='40_onnx_int8', avg_bits=_onnx_row_bits(run_dir, m, d40)) for m in onx]
     rows += [dict(run=m['run'], kind='onnx', file=d45/m['file'], precision=m['precision'], baseline=m.get('baseline'),
-                  tag=m['tag'], stage='45_fair_int8') for m in fair]
-    for c in cks:
-        t = c['tag']
-        rows.append(dict(run=f'{t}-torch-fp32' if t in exported else f'{t}-fp32', kind='checkpoint', file=d10/c['weights'],
-                         precision='fp32', baseline=f'{t}-fp32' if t in exported else None, tag=t, stage='10_finetune_vit_swin'))
+                  tag=m['tag'], stage='45_fair_int8', avg_bits=_onnx_row_bits(run_dir, m, d45)) for m in fair]
+    rows += [dict(run=f"{c['tag']}-fp32", kind='checkpoint', file=d10/c['weights'], precision='fp32', baseline=None,
+                  tag=c['tag'], stage='10_finetune_vit_swin', avg_bits=32.0) for c in cks]
     rows += [_mixed_row(r, d30) for r in mix]
     df = pd.DataFrame(rows)
-    df['baseline'] = df.baseline.astype(object).where(df.baseline.notna(), None)
+    for k in ('baseline', 'avg_bits'): df[k] = df[k].astype(object).where(df[k].notna(), None)
     dup = df.run[df.run.duplicated()]
     if len(dup): raise ValueError(f"{run_dir}: two models would both be validated as {dup.iloc[0]!r}: {df[df.run == dup.iloc[0]].file.tolist()}")
+    for r in df[df.baseline.notna() & ~df.baseline.isin(df.run)].itertuples():
+        print(f"{r.run}: its matched control {r.baseline!r} is not in {run_dir} (made by {control_maker(r.baseline, r.tag)}); "
+              "recorded as its baseline all the same: run that stage for the comparison")
     order = {t: i for i, t in enumerate(dict.fromkeys([*(c['tag'] for c in cks), *df.tag]))}
     rank = [_RUN_ORDER.get(r.removeprefix(f'{t}-'), len(_RUN_ORDER)) for r, t in zip(df.run, df.tag)]
     return df.assign(_o=df.tag.map(order), _r=rank).sort_values(['_o', '_r', 'run'], kind='stable').drop(columns=['_o', '_r']).reset_index(drop=True)
 
+def _onnx_row_bits(run_dir, m:dict, d:Path)->float|None:
+    "avg_bits of a 40/45 models.json row: the row's; for a row of an older stage, computed from the file over its source checkpoint's weights"
+    if m.get('avg_bits') is not None: return float(m['avg_bits'])
+    src = Path(run_dir)/m['source_checkpoint'] if m.get('source_checkpoint') else None
+    why = ('a mixed-precision file, whose bits are its run\'s' if str(m.get('precision')).startswith('mixed-') else
+           f"its source checkpoint {m.get('source_checkpoint')!r} is not in the run folder" if src is None or not src.is_file() else None)
+    if why is None: return onnx_avg_bits(d/m['file'], weight_count(load_checkpoint(src).model))   # the one definition (stage 40's)
+    print(f"{d/'models.json'}: row {m['run']!r} has no avg_bits (written by an older stage) and {why}: its avg_bits is left None; rerun that stage")
+    return None
+
 def _mixed_row(r:dict, d30:Path)->dict:
-    "A 30_mixed_precision run as a row of `find_models`: its checkpoint is `summary.checkpoint`, else the one .safetensors, in its folder"
-    folder = r.get('folder', r.get('dir'))   # `folder` in the contract; `dir` as stage 30 writes it today
-    missing = [k for k, v in (('tag', r.get('tag')), ('config', r.get('config')), ('folder', folder)) if v is None]
+    "A 30_mixed_precision run as a row of `find_models`: checkpoint `summary.checkpoint` (else the one .safetensors) of its folder, baseline its reference, avg_bits its summary's"
+    missing = [k for k in ('tag', 'config') if r.get(k) is None]
     if missing: raise ValueError(f"{d30/'runs.json'}: a run lacks {missing}: {r}")
-    name = (r.get('summary') or {}).get('checkpoint')
-    found = [d30/folder/name] if name else sorted((d30/folder).glob('*.safetensors'))
+    folder, s = mixed_run_summary(d30.parent, r)   # `folder` in the contract; `dir` in runs.json files of an older stage 30
+    name = s.get('checkpoint')
+    found = [folder/name] if name else sorted(folder.glob('*.safetensors'))
     if len(found) != 1 or not found[0].is_file():
-        raise FileNotFoundError(f"{d30/folder}: expected one quantized checkpoint (*.safetensors) for run {r['tag']}-{r['config']}, "
+        raise FileNotFoundError(f"{folder}: expected one quantized checkpoint (*.safetensors) for run {r['tag']}-{r['config']}, "
                                 f"found {[p.name for p in found if p.is_file()]}")
-    return dict(run=f"{r['tag']}-{r['config']}", kind='mixed', file=found[0], precision=r['config'], baseline=f"{r['tag']}-fp32",
-                tag=r['tag'], stage='30_mixed_precision')
+    if s.get('avg_bits') is None:
+        print(f"{folder/'summary.json'}: no avg_bits (written by an older stage 30): run {r['tag']}-{r['config']} gets avg_bits None; rerun 30_mixed_precision")
+    return dict(run=f"{r['tag']}-{r['config']}", kind='mixed', file=found[0], precision=r['config'],
+                baseline=mixed_baseline(r['tag'], dict(s, config=r['config']), folder/'summary.json'), tag=r['tag'], stage='30_mixed_precision',
+                avg_bits=None if s.get('avg_bits') is None else float(s['avg_bits']))
 
 # %% ../nbs/50_validation.ipynb #ddc7d9f8
 def validate_runs(run_dir, # the run folder
@@ -355,18 +373,28 @@ def validate_runs(run_dir, # the run folder
         kw = dict(threads=threads) if r.kind == 'onnx' else {}
         v = validate(load_predictor(r.file, r.kind, **kw), ds, split, out/f'{r.run}.csv', batch_size, n, seed,
                      export_dir=export_dir, progress=progress)
-        v.info.update(baseline=r.baseline, stage=r.stage, tag=r.tag); results.append(v)
+        v.info.update(baseline=r.baseline, stage=r.stage, tag=r.tag, avg_bits=r.avg_bits); results.append(v)
     record_runs(out, results, ds)
     return results
 
 # %% ../nbs/50_validation.ipynb #d7289f87
+ENTRY_METRICS = ('acc', 'worst_group', 'worst_group_acc', 'best_group', 'gap_pp', 'macro_recall', 'dp_pp', 'eo_pp', 'eodds_pp',
+                 'group_acc', 'group_n')   # what a runs.json entry keeps of `fairquant.metrics.group_metrics`
+
 def _run_entry(v:Validation, out:Path, ds:GroupDataset)->dict:
     m, i = v.metrics, v.info
     return dict(run=v.run, csv=v.path.name, baseline=i.get('baseline'), model_file=i['model_file'], kind=i['kind'],
                 precision=i['precision'], sha256=i['sha256'], stage=i.get('stage'), tag=i.get('tag'), split=i['split'],
-                n=i['n'], n_split=i['n_split'], subset_seed=i['subset_seed'], acc=m['acc'], worst_group_acc=m['worst_group_acc'],
-                macro_recall=m['macro_recall'], top5_acc=m['top5_acc'], group_acc=m['group_acc'], group_n=m['group_n'],
+                n=i['n'], n_split=i['n_split'], subset_seed=i['subset_seed'], avg_bits=i.get('avg_bits'), **{k: m[k] for k in ENTRY_METRICS}, top5_acc=m['top5_acc'],
                 classes=list(ds.classes), groups=list(ds.groups), ids_sha1=i['ids_sha1'], dataset_sha1=i['dataset_sha1'])
+
+def _refresh(e:dict, out:Path)->dict:
+    "An entry of an earlier runs.json without every `ENTRY_METRICS` key: those recomputed from its CSV (`table_metrics`)"
+    if all(k in e for k in ENTRY_METRICS): return e
+    f = out/e['csv']
+    m = table_metrics(read_csv(f, dtype={'image_id': str}), e['classes'], e['groups'], source=f)
+    print(f"{f}: runs.json entry of {e['run']!r} written before fairquant.metrics; its metrics recomputed from the CSV")
+    return dict(e, **{k: m[k] for k in ENTRY_METRICS})
 
 def record_runs(out, # the 50_validation folder
                 results:Sequence[Validation], ds:GroupDataset)->Path:
@@ -374,7 +402,7 @@ def record_runs(out, # the 50_validation folder
     out, f = Path(out), Path(out)/'runs.json'
     old = load_json(f)['runs'] if f.exists() else []
     new = [_run_entry(v, out, ds) for v in results]
-    keep = [e for e in old if e['run'] not in {e['run'] for e in new} and (out/e['csv']).exists()]
+    keep = [_refresh(e, out) for e in old if e['run'] not in {e['run'] for e in new} and (out/e['csv']).exists()]
     other = [e['run'] for e in keep if new and e['ids_sha1'] != new[0]['ids_sha1']]
     if other: print(f"{f}: {other} were validated on other images (another split or subset) than {[e['run'] for e in new]}; "
                     "60_bias_analysis pairs runs image by image and will refuse them together: revalidate them or analyse them apart")
@@ -384,15 +412,22 @@ def record_runs(out, # the 50_validation folder
 
 def group_table(entries:Sequence[dict], # runs.json entries
                 groups:Sequence[str])->pd.DataFrame:
-    "One row per run: n, accuracy overall and per group (`acc[<group>]`), worst group, gap (pp), and whether it is a subset"
+    "One row per run: n, accuracy overall and per group (`acc[<group>]`), worst group, gap and equalized-odds gap (points), whether a subset"
     for e in entries:
         bad = [g for g in groups if g not in e['group_acc'] or not np.isfinite(e['group_acc'][g])]
         if bad: raise ValueError(f"run {e['run']!r}: no accuracy for group(s) {bad}; a gap or worst group over the other groups would be a silent guess")
+        lack = [k for k in ('worst_group', 'gap_pp', 'eodds_pp') if k not in e]
+        if lack: raise ValueError(f"run {e['run']!r}: its runs.json entry lacks {lack} (written before fairquant.metrics); validate the run again")
     rows = [dict(run=e['run'], precision=e['precision'], baseline=e['baseline'], n=e['n'], acc=e['acc'],
-                 **{f'acc[{g}]': e['group_acc'][g] for g in groups}, worst_group_acc=e['worst_group_acc'],
-                 gap_pp=100*(max(e['group_acc'][g] for g in groups) - min(e['group_acc'][g] for g in groups)),
-                 subset=e['n'] < e['n_split']) for e in entries]
+                 **{f'acc[{g}]': e['group_acc'][g] for g in groups}, worst_group=e['worst_group'], worst_group_acc=e['worst_group_acc'],
+                 gap_pp=e['gap_pp'], eodds_pp=e['eodds_pp'], subset=e['n'] < e['n_split']) for e in entries]
     return pd.DataFrame(rows)
+
+def group_rows(entries:Sequence[dict], # runs.json entries
+               groups:Sequence[str])->pd.DataFrame:
+    "One row per run × group (run, group, n, acc): what `fairquant.metrics.plot_group_acc` draws"
+    return pd.DataFrame([dict(run=e['run'] + (f" (subset of {e['n']})" if e['n'] < e['n_split'] else ''), group=g,
+                              n=e['group_n'][g], acc=e['group_acc'][g]) for e in entries for g in groups])
 
 # %% ../nbs/50_validation.ipynb #d33ff679
 def validation_baselines(run_dir, # the run folder
@@ -411,18 +446,3 @@ def validation_baselines(run_dir, # the run folder
     classes = {tuple(e['classes']) for e in entries if e['run'] in names}
     if len(classes) > 1: raise ValueError(f"{d/'runs.json'}: runs disagree on the class names: {sorted(classes)}")
     return pairs, list(classes.pop()) if classes else None
-
-# %% ../nbs/50_validation.ipynb #d127fc92
-def plot_group_acc(table:pd.DataFrame, # from `group_table`
-                   groups:Sequence[str], ax=None):
-    "Bars of accuracy per group (and overall) for each run, on a fixed 0-1 scale; returns the Axes"
-    import matplotlib.pyplot as plt
-    cols = [*(f'acc[{g}]' for g in groups), 'acc']
-    if ax is None: _, ax = plt.subplots(figsize=(max(4, 1 + 0.45*len(table)*len(cols)), 3.2))
-    w = 0.8 / len(table)
-    for i, (_, r) in enumerate(table.iterrows()):
-        ax.bar(np.arange(len(cols)) + (i - (len(table)-1)/2)*w, r[cols].to_numpy(float), w,
-               label=r.run + (f' (subset of {r.n})' if r.subset else ''))
-    ax.set_xticks(range(len(cols)), [*groups, 'overall']); ax.set_ylim(0, 1); ax.set_ylabel('top-1 accuracy')
-    ax.set_title('accuracy per group'); ax.legend(fontsize=7)
-    return ax

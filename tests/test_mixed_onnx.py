@@ -1,4 +1,4 @@
-"Mixed-precision runs of stage 30 exported to one ONNX file (stage 40): equal predictions, stored integers read back, refusals"
+"Mixed-precision runs of stage 30 exported to one ONNX file (fairquant.mixed_onnx, called by stage 40): equal predictions, stored integers read back, refusals"
 import copy, json
 
 import numpy as np
@@ -12,9 +12,10 @@ from fairquant.datasets import open_stage_dataset, build_transform
 from fairquant.finetune import example_run, load_checkpoint, build_model, model_spec, data_config
 from fairquant.mixed_precision import (quantize_model, quant_layers, weight_shape, unit_shape, model_bits, StageSettings,
                                        run_config, update_runs, example_importance, stage_checkpoints, FLOAT_BITS)
-from fairquant.onnx_int8 import (export_mixed, load_session, read_mixed_weights, layer_integers, channel_bits, bits_sha256,
-                                 read_onnx_meta, run_onnx, onnx_session, split_images, mixed_runs, convert_mixed_run,
-                                 write_models_index, mixed_size_report, export_onnx, CalibReader)
+from fairquant.mixed_onnx import (export_mixed, read_mixed_weights, layer_integers, channel_bits, bits_sha256, mixed_runs,
+                                  convert_mixed_run, mixed_size_report, model_avg_bits)
+from fairquant.onnx_int8 import (load_session, read_onnx_meta, run_onnx, onnx_session, split_images, write_models_index, export_onnx,
+                                 CalibReader)
 
 
 @pytest.fixture(scope='module')
@@ -151,7 +152,7 @@ def test_load_session_plain_files(run, tmp_path):
 
 def test_fq_qat_run_exported(run):
     "A real fq_qat run (stage 20 + 30, QAT-trained 2/4/8 bits): the exported file agrees on >= 99.5 % of the test images"
-    example_importance(run, n_batches=1, blind=False)
+    example_importance(run, n_batches=1)
     s = StageSettings(epochs=1, n_train=160, n_val=32, granularity='per_channel')
     for row in stage_checkpoints(run): update_runs(run, run_config(run, row, 'fq_qat', s, progress=False))
     fct.test_fail(lambda: mixed_runs(run, ['fq_qat', 'hawq']), contains="mixed_configs ['hawq']: not in")
@@ -161,10 +162,15 @@ def test_fq_qat_run_exported(run):
     write_models_index(out, rows)
     res = {}
     for r, row in zip(runs, rows):
-        fct.test_eq((row['run'], row['precision'], row['baseline']), (f"{r['tag']}-fq_qat-onnx", 'mixed-weights_only', f"{r['tag']}-fp32"))
+        # fq_qat trains: its matched reference (stage 30's summary.json) is FP32 retrained the same way, not the checkpoint
+        fct.test_eq(load_json(run/'30_mixed_precision'/r['folder']/'summary.json')['reference'], 'fp32_ft')
+        fct.test_eq((row['run'], row['precision'], row['baseline']), (f"{r['tag']}-fq_qat-onnx", 'mixed-weights_only', f"{r['tag']}-fp32_ft"))
         fct.test_eq(row['file'], f"{r['tag']}/{r['tag']}-fq_qat-onnx.onnx")
+        s30 = load_json(run/'30_mixed_precision'/r['folder']/'summary.json')
+        fct.test_close(row['avg_bits'], s30['avg_bits'], eps=1e-9)      # the run's bits, as stage 30 reported them
         from fairquant.mixed_precision import load_quantized_checkpoint
         model, meta = load_quantized_checkpoint(run/row['source_checkpoint'])
+        fct.test_eq(model_avg_bits(model), row['avg_bits'])
         fct.test_eq(sorted(set(torch.cat([b.reshape(-1) for b in meta['bits'].values()]).tolist())), [2, 4, 8])
         x = split_images(ds, 'test', meta['data_config'])
         with torch.no_grad(): ref = model(torch.from_numpy(x)).numpy()

@@ -1,16 +1,18 @@
 "The file contract of stage 40_onnx_int8 that 50_validation relies on: models.json rows and ONNX metadata"
-import json
+import ast, json, subprocess, sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from fairquant.finetune import build_model, model_spec, save_checkpoint, data_config
+import fairquant
 from fairquant.onnx_int8 import (CalibReader, convert_checkpoint, write_models_index, read_onnx_meta, onnx_session,
-                                 run_onnx, ONNX_FORMAT, META_KEYS)
+                                 run_onnx, onnx_avg_bits, weight_count, ONNX_FORMAT, META_KEYS)
 
 CLASSES, GROUPS = ['a', 'b', 'c'], ['g0', 'g1']
-ROW_KEYS = {'run', 'tag', 'precision', 'file', 'baseline', 'source_checkpoint', 'size_bytes', 'options'}
+ROW_KEYS = {'run', 'tag', 'precision', 'file', 'baseline', 'source_checkpoint', 'size_bytes', 'avg_bits', 'options'}
 
 
 @pytest.fixture(scope='module')
@@ -33,12 +35,62 @@ def stage(tmp_path_factory):
 def test_models_json_rows(stage):
     out, _, _ = stage
     idx = json.loads((out/'models.json').read_text())['models']
-    assert [r['run'] for r in idx] == ['swin_mini-fp32', 'swin_mini-int8-static', 'swin_mini-int8-dynamic']
+    # every control its own name: the checkpoint is swin_mini-fp32 (stage 10, validated by 50), its export swin_mini-onnx-fp32
+    assert [r['run'] for r in idx] == ['swin_mini-onnx-fp32', 'swin_mini-int8-static', 'swin_mini-int8-dynamic']
     for r in idx:
         assert set(r) == ROW_KEYS
-        assert r['file'] == f"swin_mini/{r['run']}.onnx" and (out/r['file']).stat().st_size == r['size_bytes']
-        assert r['baseline'] == (None if r['precision'] == 'fp32' else 'swin_mini-fp32')
+        assert r['file'] == f"swin_mini/swin_mini-{r['precision']}.onnx" and (out/r['file']).stat().st_size == r['size_bytes']
+        # the export is compared with the checkpoint; INT8 with the export (its matched control: same weights, same runtime)
+        assert r['baseline'] == ('swin_mini-fp32' if r['precision'] == 'fp32' else 'swin_mini-onnx-fp32')
     assert [r['precision'] for r in idx] == ['fp32', 'int8-static', 'int8-dynamic']
+    # average weight bits: 32 for the export; INT8 quantizes every Linear and the patch convolution of Swin
+    assert [r['avg_bits'] for r in idx] == [32.0, 8.0, 8.0]
+
+
+def test_avg_bits_counts_float_weights_at_32(stage, tmp_path):
+    "A weight left in float (the head, excluded from quantization) counts at 32 bits over the checkpoint's Conv2d/Linear weights"
+    out, m, _ = stage
+    import onnx
+    f = out/'swin_mini'/'swin_mini-int8-dynamic.onnx'
+    g = onnx.load(str(f))
+    ints = [i for i in g.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    biggest = max(ints, key=lambda i: int(np.prod(i.dims)))
+    w = onnx.numpy_helper.to_array(biggest).astype(np.float32)
+    biggest.CopyFrom(onnx.numpy_helper.from_array(w, biggest.name))     # as if that weight had stayed in float
+    onnx.save(g, str(tmp_path/'one_float.onnx'))
+    n, k = weight_count(m), int(np.prod(biggest.dims))
+    assert onnx_avg_bits(tmp_path/'one_float.onnx', n) == pytest.approx((8*(n - k) + 32*k)/n, abs=1e-12)
+    with pytest.raises(ValueError, match='integer weights but its checkpoint has only 10 Conv2d/Linear weights'): onnx_avg_bits(f, 10)
+
+
+def _project_imports(mod:str)->tuple:
+    "(fairquant modules imported at the top of `fairquant/<mod>.py`, fairquant modules imported inside its functions), from its source"
+    tree = ast.parse((Path(fairquant.__file__).parent/f'{mod}.py').read_text())
+    def names(n):
+        if isinstance(n, ast.ImportFrom) and (n.level or (n.module or '').startswith('fairquant')):
+            base = (n.module or '').removeprefix('fairquant').lstrip('.')
+            return [base.split('.')[0]] if base else [a.name for a in n.names]     # `from . import metrics`
+        if isinstance(n, ast.Import): return [a.name.split('.')[1] for a in n.names if a.name.startswith('fairquant.')]
+        return []
+    top = {m for n in tree.body for m in names(n)}
+    inner = {m for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f) for m in names(n)}
+    return top, inner
+
+
+@pytest.mark.parametrize('mod', ['onnx_int8', 'mixed_onnx', 'validation'])
+def test_no_project_import_inside_functions(mod):
+    "Every module a module needs is imported at its top, where a reader sees it"
+    assert _project_imports(mod)[1] == set()
+
+
+def test_onnx_int8_does_not_depend_on_stage_30():
+    "INT8 export and the loader of stage-40 files need nothing of stage 30; the mixed-precision export (mixed_onnx) does, openly"
+    top, inner = _project_imports('onnx_int8')
+    assert top == {'core', 'datasets', 'finetune', 'metrics'} and not inner
+    assert {'mixed_precision', 'onnx_int8'} <= _project_imports('mixed_onnx')[0]
+    code = "import sys, fairquant.onnx_int8; print(sorted(m for m in sys.modules if m.startswith('fairquant.')))"
+    loaded = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=True).stdout
+    assert 'fairquant.mixed_precision' not in loaded and 'fairquant.mixed_onnx' not in loaded, loaded
 
 
 def test_metadata_and_io_names(stage):
