@@ -104,9 +104,9 @@ def test_summary_equals_run_files(resumed):
         for k in ('acc', 'worst_group_acc', 'macro_recall'): fct.test_close(s.loc[cfg, k], e[k], eps=1e-9)
         fct.test_eq(int(s.loc[cfg, 'n']), e['n'])
     j = load_json(g/'shared/synthetic-s0/vit_p8/fixed/30_mixed_precision/vit_p8/uniform4/summary.json')
-    for k in ('avg_bits', 'size_mb'): fct.test_close(s.loc['uniform4', k], j[k], eps=1e-9)
+    for k in ('avg_bits', 'weights_mb'): fct.test_close(s.loc['uniform4', k], j[k], eps=1e-9)
     fct.test_close(s.loc['fp32', 'avg_bits'], 32.0)
-    fct.test_close(s.loc['fp32', 'size_mb'], j['baseline_mb'], eps=1e-12)   # the same weights counted as stage 30 counts them
+    fct.test_close(s.loc['fp32', 'weights_mb'], j['baseline_mb'], eps=1e-12)   # the same weights counted as stage 30 counts them
     fct.test_close(s.loc['fq_qat', 'budget'], 4.0)
     assert s.loc['fq_qat', 'avg_bits'] <= 4.0 + 1e-9
 
