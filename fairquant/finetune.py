@@ -22,16 +22,17 @@ from timm.data import resolve_model_data_config
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 
-from .core import scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, read_safetensors, read_safetensors_header, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit
-from .datasets import GroupDataset, build_transform, open_stage_dataset, get_dataset, save_stage_dataset
+from .core import scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, read_safetensors, read_safetensors_header, save_json, load_json, save_csv, save_figure, stage_dir, set_seed, git_commit, file_sha256
+from .datasets import GroupDataset, build_transform, open_stage_dataset, get_dataset, save_stage_dataset, _default_cache
+import fairquant
 from . import metrics as fqm   # the one definition of per-group accuracy, worst group, gap, macro recall
 
 # %% auto #0
 __all__ = ['MODEL_PRESETS', 'TORCHVISION_MODELS', 'WEIGHT_FILES', 'CACHE_LIMIT', 'SAMPLERS', 'SELECTION', 'CHECKPOINT_FORMAT',
            'model_spec', 'data_config', 'build_model', 'resolve_weights_file', 'read_state_dict', 'classifier_keys',
            'load_pretrained', 'SplitData', 'CachedDataset', 'split_data', 'epoch_order', 'epoch_batches', 'Indexed',
-           'group_metrics', 'TrainConfig', 'warmup_cosine', 'get_accelerator', 'predict', 'evaluate', 'run_fingerprint',
-           'FitResult', 'fit', 'checkpoint_paths', 'save_checkpoint', 'Checkpoint', 'check_weights', 'load_checkpoint',
+           'TrainConfig', 'warmup_cosine', 'get_accelerator', 'predict', 'evaluate', 'run_fingerprint', 'FitResult',
+           'fit', 'checkpoint_paths', 'save_checkpoint', 'Checkpoint', 'check_weights', 'load_checkpoint',
            'plot_curves', 'val_group_table', 'finetune_model', 'update_index', 'train_cli', 'example_run']
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #e4736a5d
@@ -299,19 +300,6 @@ class Indexed(Dataset):
         else:
             with _seeded(s): x, y, g = self.ds[i]
         return x, y, g, i
-
-# %% ../nbs/10_finetune_vit_swin.ipynb #ed8be4f4
-def group_metrics(label, # true class per image
-                  group, # group index per image
-                  pred, # predicted class per image
-                  groups:Sequence[str], # group names (index j <-> groups[j])
-                  classes:Sequence[str]=None, # class names (index k <-> classes[k]); None: the fairness gaps are left out
-                 )->dict:
-    "`fairquant.metrics.group_metrics` in the old argument order (kept while other stages import it from here)"
-    label, group, pred = (np.asarray(a).astype(int) for a in (label, group, pred))
-    names = list(classes) if classes is not None else [str(k) for k in range(max(label.max(initial=0), pred.max(initial=0)) + 1)]
-    m = fqm.group_metrics(label, pred, group, names, groups)
-    return m if classes is not None else {k: v for k, v in m.items() if k not in ('dp_pp', 'eo_pp', 'eodds_pp')}
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #aa035363
 SELECTION = Registry('selection metric')
@@ -598,11 +586,6 @@ def checkpoint_paths(path)->tuple:
     stem = p.parent/p.stem if p.suffix in ('.safetensors', '.json') else p
     return stem.parent/f'{stem.name}.safetensors', stem.parent/f'{stem.name}.json'
 
-def _sha256(path)->str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
-    return h.hexdigest()
 
 def save_checkpoint(model:nn.Module, # built by `build_model` (carries `fq_spec` and `pretrained_cfg`)
                     path, # checkpoint name: stem, .safetensors or .json
@@ -617,7 +600,7 @@ def save_checkpoint(model:nn.Module, # built by `build_model` (carries `fq_spec`
     sd = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(wpath) as t:
         write_safetensors(sd, t, metadata={k: json.dumps(v) for k, v in desc.items()})
-        sha = _sha256(t)
+        sha = file_sha256(t)
     side = dict(desc, weights=dict(file=wpath.name, sha256=sha, tensors=len(sd), parameters=sum(p.numel() for p in model.parameters())),
                 **meta, git_commit=git_commit())
     save_json(side, jpath)
@@ -683,7 +666,7 @@ def load_checkpoint(path, # the .safetensors, the .json or their common stem
     with torch.random.fork_rng(devices=[]):   # building initialises weights: leave the caller's random state alone
         model = build_model(meta['model'], meta['classes'], None, meta['data_config'])
     check_weights(model, sd, meta['classes'], wpath)
-    if verify_hash and 'weights' in meta and _sha256(wpath) != meta['weights']['sha256']:
+    if verify_hash and 'weights' in meta and file_sha256(wpath) != meta['weights']['sha256']:
         raise ValueError(f"{wpath}: SHA-256 differs from the one recorded in {jpath.name}: these are not the weights it describes")
     model.load_state_dict(sd, strict=True)
     model.fq_spec = dict(meta['model'])
@@ -833,7 +816,6 @@ if __name__ == '__main__' and Path(sys.argv[0]).name == 'finetune.py': train_cli
 # %% ../nbs/10_finetune_vit_swin.ipynb #d786a257
 def _code_key()->str:
     "A hash of the code that makes an example run (datasets and fine-tuning modules)"
-    import fairquant
     h, pkg = hashlib.sha1(), Path(fairquant.__file__).parent
     for m in ('datasets.py', 'finetune.py'): h.update((pkg/m).read_bytes())
     return h.hexdigest()[:10]
@@ -845,7 +827,6 @@ def example_run(dest, # run folder to fill (created; must not already hold a 00_
                 seed:int=0, # seeds the data and the training
                 cache=None)->Path: # cache folder (default: ~/.cache/fairquant or $FAIRQUANT_CACHE)
     "A small run folder with `00_datasets` and `10_finetune_vit_swin`, built once into a cache and copied to `dest`"
-    from fairquant.datasets import _default_cache
     dest = Path(dest)
     for s in ('00_datasets', '10_finetune_vit_swin'):
         if (dest/s).exists(): raise FileExistsError(f"{dest/s}: already exists; example_run fills a fresh run folder")

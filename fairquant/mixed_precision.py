@@ -4,7 +4,7 @@
 
 # %% ../nbs/30_mixed_precision.ipynb #d4880568
 from __future__ import annotations
-import math, json, time, shutil, logging, warnings, hashlib, tempfile, ast
+import math, json, time, shutil, logging, warnings, tempfile, ast
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,7 +24,7 @@ from .core import (scratch_dir, write_safetensors, Registry, atomic_path, atomic
                             set_seed, git_commit, predictions_table, file_sha256)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, build_model, split_data, checkpoint_paths
-from .importance import target_layers
+from .importance import target_layers, load_importance, reduce_importance, run_importance
 from .metrics import group_metrics, table_codes, plot_group_acc
 
 # %% auto #0
@@ -816,7 +816,6 @@ def load_scores(path, # an importance file of 20_importance
                 cfg:QuantConfig, model:nn.Module, groups:Sequence[str], unprivileged:str=None,
                 checkpoint_sha256:str=None)->dict: # refuse maps computed for other weights
     "{weight name: reduced importance map}, checked against the model's layers, the checkpoint and the dataset's groups"
-    from fairquant.importance import load_importance, reduce_importance
     maps, meta = load_importance(path)
     if checkpoint_sha256 and meta.get('checkpoint_sha256') not in (None, checkpoint_sha256):
         raise ValueError(f"{path}: computed for weights with SHA-256 {meta['checkpoint_sha256'][:12]}…, not this checkpoint's {checkpoint_sha256[:12]}…")
@@ -1055,7 +1054,6 @@ def example_importance(run_dir, # a run folder with 00_datasets and 10_finetune_
                        metrics:Sequence[str]=('grape',), # importance metrics to write
                        n_batches:int=2, batch_size:int=16, hawq_samples:int=2, seed:int=0)->Path:
     "Tiny stage-20 output (per-group and group-blind maps, by `run_importance`) for worked examples and tests; returns the stage folder"
-    from fairquant.importance import run_importance
     run_importance(run_dir, metrics=list(metrics), n_batches=n_batches, batch_size=batch_size, hawq_samples=hawq_samples,
                    seed=seed, progress=False)
     return Path(run_dir)/'20_importance'

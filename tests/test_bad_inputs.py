@@ -39,7 +39,8 @@ from fairquant.core import (read_csv, load_json, read_safetensors, require_stage
                             predictions_table, save_json)
 from fairquant.datasets import (get_dataset, check_archive, safe_extract, open_stage_dataset, make_splits, load_synthetic,
                                 read_image)
-from fairquant.finetune import load_checkpoint, train_cli, example_run, checkpoint_paths, group_metrics
+from fairquant.finetune import load_checkpoint, train_cli, example_run, checkpoint_paths
+from fairquant.metrics import group_metrics
 from fairquant import importance as imp
 from fairquant import mixed_precision as mp
 from fairquant.bias import read_runs, read_preds, analyse
@@ -350,7 +351,7 @@ def test_quant_report_split_without_a_group(run, ds):
 
 def test_group_metrics_missing_group_is_visible():
     "group_metrics keeps an absent group as NaN with n = 0 (it is not silently renamed into a worst-group value)"
-    m = group_metrics([0, 1, 0], [0, 0, 0], [0, 1, 1], ['a', 'b'])
+    m = group_metrics([0, 1, 0], [0, 1, 1], [0, 0, 0], ['x', 'y'], ['a', 'b'])   # true, predicted, group
     assert m['group_n'] == {'a': 3, 'b': 0} and np.isnan(m['group_acc']['b']) and m['missing_groups'] == ['b']
 
 # ------------------------------------------------------------------------------------------------------ ONNX (40/50)
