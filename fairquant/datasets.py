@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os, io, re, json, shutil, hashlib, tempfile, warnings
 from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,16 +20,17 @@ from .core import (scratch_dir, Registry, atomic_path, atomic_dir, save_json, lo
                             read_csv, require_columns, require_stage)
 
 # %% auto #0
-__all__ = ['SPLITS', 'REQUIRED_COLUMNS', 'DATASETS', 'register_dataset', 'SYNTH_CLASSES', 'SYNTH_GROUPS', 'IMAGE_EXTS',
-           'FITZ_CSV', 'FITZ_SPLIT_FILES', 'FITZ_LEVELS', 'FITZ_GROUPINGS', 'FITZPATRICK17K_URL', 'ISIC_GT',
-           'ISIC_META', 'ISIC_IMAGES', 'ISIC_GROUPS', 'FAIRFACE_ORDERS', 'FAIRFACE_CSVS', 'FAIRFACE_CACHE',
-           'CELEBA_ATTR', 'CELEBA_PARTITION', 'CELEBA_IMAGES', 'GroupDataset', 'read_image', 'ImageGroupDataset',
-           'names_to_index', 'make_splits', 'find_bad_images', 'assemble_dataset', 'get_dataset', 'read_table',
-           'load_csv_dataset', 'synth_image', 'make_synthetic', 'load_synthetic', 'find_dataset_dir', 'index_images',
-           'check_options', 'image_dir', 'carve_val', 'split_by_units', 'check_archive', 'safe_extract',
-           'download_file', 'placeholder_images', 'read_fitzpatrick17k', 'fitzpatrick_groups', 'read_split_files',
-           'fitzpatrick_splits', 'download_fitzpatrick17k', 'load_fitzpatrick17k', 'read_isic_ground_truth',
-           'read_isic_metadata', 'load_isic2019', 'read_fairface_csv', 'fairface_parquet_files', 'parquet_class_names',
+__all__ = ['SPLITS', 'REQUIRED_COLUMNS', 'DATASETS', 'register_dataset', 'SYNTH_CLASSES', 'SYNTH_GROUPS', 'SYNTH_FEATURES',
+           'SYNTH_TINT', 'IMAGE_EXTS', 'FITZ_CSV', 'FITZ_SPLIT_FILES', 'FITZ_LEVELS', 'FITZ_GROUPINGS',
+           'FITZPATRICK17K_URL', 'ISIC_GT', 'ISIC_META', 'ISIC_IMAGES', 'ISIC_GROUPS', 'FAIRFACE_ORDERS',
+           'FAIRFACE_CSVS', 'FAIRFACE_CACHE', 'CELEBA_ATTR', 'CELEBA_PARTITION', 'CELEBA_IMAGES', 'GroupDataset',
+           'read_image', 'ImageGroupDataset', 'names_to_index', 'make_splits', 'find_bad_images', 'assemble_dataset',
+           'get_dataset', 'read_table', 'load_csv_dataset', 'synth_image', 'synth_images', 'make_synthetic',
+           'load_synthetic', 'find_dataset_dir', 'index_images', 'check_options', 'image_dir', 'carve_val',
+           'split_by_units', 'check_archive', 'safe_extract', 'download_file', 'placeholder_images',
+           'read_fitzpatrick17k', 'fitzpatrick_groups', 'read_split_files', 'fitzpatrick_splits',
+           'download_fitzpatrick17k', 'load_fitzpatrick17k', 'read_isic_ground_truth', 'read_isic_metadata',
+           'load_isic2019', 'read_fairface_csv', 'fairface_parquet_files', 'parquet_class_names',
            'extract_parquet_images', 'read_fairface_parquet', 'load_fairface', 'read_celeba_attrs',
            'read_celeba_partition', 'load_celeba', 'build_transform', 'counts_table', 'plot_samples',
            'dataset_identity', 'save_stage_dataset', 'open_stage_dataset']
@@ -240,7 +242,16 @@ def load_csv_dataset(root, # folder that the paths are relative to
 # %% ../nbs/00_datasets.ipynb #1e273448
 SYNTH_CLASSES = ['disc', 'ring', 'cross', 'striped_disc', 'dot_cluster']
 SYNTH_GROUPS = ['light', 'dark']
-_SKIN = np.array([1.0, 0.78, 0.62])   # skin-like colour, scaled by brightness
+SYNTH_FEATURES = ('shared', 'distinct')   # group_features: where the dark group's class evidence lives
+SYNTH_TINT = 0.16                          # 'distinct': amplitude (× background brightness) of the dark group's class tint
+_SKIN = np.array([1.0, 0.78, 0.62])       # skin-like colour, scaled by brightness
+_CUE = np.array([1.0, -0.5, -0.5])         # faint reddish group cue of dark lesions: zero-sum, so brightness-neutral
+_HUES = np.array([np.cos(t)*_CUE + np.sin(t)*np.array([0, 0.75**0.5, -0.75**0.5])   # one hue per class, 72° apart
+                  for t in 2*np.pi*np.arange(len(SYNTH_CLASSES))/len(SYNTH_CLASSES)])  # in the plane ⟂ (1,1,1)
+
+def _check_features(group_features:str):
+    if group_features not in SYNTH_FEATURES:
+        raise ValueError(f"group_features={group_features!r}: expected one of {list(SYNTH_FEATURES)}")
 
 def _shape_mask(cls:int, rng:np.random.Generator, size:int)->np.ndarray:
     "A soft mask in [0,1] of lesion shape `cls` at a random place, scale and angle"
@@ -255,76 +266,183 @@ def _shape_mask(cls:int, rng:np.random.Generator, size:int)->np.ndarray:
     dots = rng.uniform(-0.7*r, 0.7*r, (6, 2))
     return np.max([soft(0.2*r - np.hypot(u-x, v-y)) for x, y in dots], axis=0)
 
-def synth_image(cls:int, group:int, rng:np.random.Generator, size:int=32, noise:float=0.12)->np.ndarray:
+def synth_image(cls:int, group:int, rng:np.random.Generator, size:int=32, noise:float=0.12,
+                group_features:str='shared', # 'distinct': a dark lesion's tint (not its shape) carries the class
+                shape:int=None)->np.ndarray: # the lesion's shape class (None: `cls`)
     "One synthetic image (H, W, 3) in [0, 1] of class `cls` on a background of group `group`"
+    _check_features(group_features)
     b = rng.uniform(0.55, 0.95) if group == 0 else rng.uniform(0.25, 0.55)
     yy, xx = np.mgrid[0:size, 0:size] / (size-1) - 0.5
     shade = 1 + 0.08*(np.cos(rng.uniform(0, 2*np.pi))*xx + np.sin(rng.uniform(0, 2*np.pi))*yy)
     bg = b * shade[..., None] * _SKIN * rng.uniform(0.95, 1.05, 3)
-    m = _shape_mask(cls, rng, size)[..., None]
+    m = _shape_mask(cls if shape is None else shape, rng, size)[..., None]
     depth = rng.uniform(0.45, 0.65) * (0.5 if group == 1 else 1.0)
     img = bg * (1 - depth*m)
-    if group == 1: img = img + 0.06*b*m*np.array([1.0, -0.5, -0.5])   # faint reddish, brightness-neutral cue
+    if group == 1: img = img + 0.06*b*m*_CUE   # faint reddish, brightness-neutral cue
+    if group == 1 and group_features == 'distinct': img = img + SYNTH_TINT*b*m*_HUES[cls]   # the class, as a hue
     return np.clip(img + rng.normal(0, noise, img.shape), 0, 1)
 
+# %% ../nbs/00_datasets.ipynb #e5cb6340
+def _soft(z): return 1/(1+np.exp(-z/0.05))
+
+def _batch_masks(shapes:np.ndarray, cx, cy, r, cos_a, sin_a, dots, size:int)->np.ndarray:
+    "`_shape_mask` for many images from their drawn parameters: (N, H, W), the same arithmetic"
+    yy, xx = np.mgrid[0:size, 0:size] / (size-1) * 2 - 1
+    col = lambda p: p[:, None, None]
+    out = np.empty((len(shapes), size, size))
+    for k in np.unique(shapes):
+        i = np.flatnonzero(shapes == k); R, X, Y = col(r[i]), xx-col(cx[i]), yy-col(cy[i])
+        u, v = X*col(cos_a[i]) + Y*col(sin_a[i]), -X*col(sin_a[i]) + Y*col(cos_a[i])
+        d = np.hypot(u, v)
+        if k == 0: out[i] = _soft(R - d)
+        elif k == 1: out[i] = _soft(0.22*R - np.abs(d - 0.75*R))
+        elif k == 2: out[i] = np.maximum(_soft(0.28*R - np.abs(u))*_soft(R - np.abs(v)), _soft(0.28*R - np.abs(v))*_soft(R - np.abs(u)))
+        elif k == 3: out[i] = _soft(R - d) * (np.sin(u/R*3*np.pi) > 0)
+        else:
+            D = dots[i][:, :, :, None, None]   # (n, 6, 2, 1, 1)
+            out[i] = _soft(0.2*R[:, None] - np.hypot(u[:, None] - D[:, :, 0], v[:, None] - D[:, :, 1])).max(1)
+    return out
+
+def synth_images(labels:Sequence[int], groups:Sequence[int], rng:np.random.Generator, size:int=32, noise:float=0.12,
+                 group_features:str='shared', shapes:Sequence[int]=None, # as `synth_image`'s, one per image
+                 masks:bool=False): # also return the lesion masks (N, H, W) in [0, 1]
+    "`synth_image` for many images at once, (N, H, W, 3): the same draws in the same order, so the same pixels"
+    _check_features(group_features)
+    labels, groups = np.asarray(labels, dtype=int), np.asarray(groups, dtype=int)
+    shapes, N = labels if shapes is None else np.asarray(shapes, dtype=int), len(labels)
+    p = {k: np.empty(N) for k in ('b', 'cos_t', 'sin_t', 'cx', 'cy', 'r', 'cos_a', 'sin_a', 'depth')}
+    jit, dots, eps = np.empty((N, 3)), np.zeros((N, 6, 2)), np.empty((N, size, size, 3))
+    lo, span = np.where(groups == 0, 0.55, 0.25), np.where(groups == 0, 0.95 - 0.55, 0.55 - 0.25)
+    for i in range(N):   # the random draws, image by image, in `synth_image`'s order (uniform(a, b) is a + (b-a)·random())
+        u = rng.random(23 if shapes[i] == 4 else 11)
+        p['b'][i] = lo[i] + span[i]*u[0]
+        p['cos_t'][i], p['sin_t'][i] = np.cos(2*np.pi*u[1]), np.sin(2*np.pi*u[2])
+        jit[i] = 0.95 + (1.05 - 0.95)*u[3:6]
+        p['cx'][i], p['cy'][i], r, a = -0.25 + 0.5*u[6], -0.25 + 0.5*u[7], 0.38 + (0.6 - 0.38)*u[8], np.pi*u[9]
+        p['r'][i], p['cos_a'][i], p['sin_a'][i] = r, np.cos(a), np.sin(a)
+        if shapes[i] == 4: dots[i] = (-0.7*r + (0.7*r - -0.7*r)*u[10:22]).reshape(6, 2)
+        p['depth'][i] = (0.45 + (0.65 - 0.45)*u[-1]) * (0.5 if groups[i] == 1 else 1.0)
+        rng.standard_normal(out=eps[i])   # rng.normal(0, noise) is noise·standard_normal(), drawn the same way
+    yy, xx = np.mgrid[0:size, 0:size] / (size-1) - 0.5
+    c4 = lambda a: a[:, None, None, None]
+    shade = 1 + 0.08*(p['cos_t'][:, None, None]*xx + p['sin_t'][:, None, None]*yy)
+    img = c4(p['b']) * shade[..., None] * _SKIN   # the arithmetic of `synth_image`, in place where it can be
+    img *= jit[:, None, None, :]
+    m = _batch_masks(shapes, p['cx'], p['cy'], p['r'], p['cos_a'], p['sin_a'], dots, size)[..., None]
+    img *= 1 - c4(p['depth'])*m
+    d = groups == 1
+    img[d] += c4(0.06*p['b'][d])*m[d]*_CUE
+    if group_features == 'distinct': img[d] += c4(SYNTH_TINT*p['b'][d])*m[d]*_HUES[labels[d]][:, None, None, :]
+    eps *= noise; img += eps
+    np.clip(img, 0, 1, out=img)
+    return (img, m[..., 0]) if masks else img
+
 # %% ../nbs/00_datasets.ipynb #b64d84a2
+def _check_synth_options(split_fractions:Sequence[float], test_per_group:int, group_features:str):
+    "Refuse option values `make_synthetic` cannot honour, naming them"
+    _check_features(group_features)
+    if not isinstance(test_per_group, (int, np.integer, float)) or isinstance(test_per_group, bool) or test_per_group < 0 \
+            or int(test_per_group) != test_per_group:
+        raise ValueError(f"test_per_group={test_per_group!r}: expected a whole number of test images per group (0: none apart)")
+    f = list(split_fractions)
+    if test_per_group and (len(f) != 3 or f[2] != 0):
+        raise ValueError(f"test_per_group={test_per_group} draws the test split apart from the population, so "
+                         f"split_fractions must give the test a 0 share, e.g. (0.8, 0.2, 0); "
+                         f"got split_fractions={tuple(f)}")
+
+def _test_rows(test_per_group:int, first:int, rng:np.random.Generator)->pd.DataFrame:
+    "`test_per_group` test images of every group, classes as equal as they divide, ids from `first` on"
+    C, G = len(SYNTH_CLASSES), len(SYNTH_GROUPS)
+    labels = np.concatenate([rng.permutation(np.arange(test_per_group) % C) for _ in range(G)])
+    ids = [f'synth_{i:06d}' for i in range(first, first + G*test_per_group)]
+    return pd.DataFrame({'image_id': ids, 'label': labels, 'group': np.repeat(np.arange(G), test_per_group), 'split': 'test'})
+
+def _save_png(img:np.ndarray, path): Image.fromarray(img).save(path)
+
+def _generator_record(n, size, minority, noise, minority_label_noise, split_fractions, seed, test_per_group, group_features)->dict:
+    "What generator.json records: the options, and the tint amplitude where the regime draws with it"
+    rec = dict(n=n, size=size, minority=minority, noise=noise, minority_label_noise=minority_label_noise,
+               split_fractions=list(split_fractions), seed=seed, test_per_group=int(test_per_group), group_features=group_features)
+    return dict(rec, tint=SYNTH_TINT) if group_features == 'distinct' else rec
+
 def make_synthetic(root, # folder to create (must not exist yet)
-                   n:int=1200, # number of images
+                   n:int=1200, # number of images drawn from the population (all of them when test_per_group=0)
                    size:int=32, # image side in pixels
-                   minority:float=0.15, # share of the `dark` group
+                   minority:float=0.15, # share of the `dark` group in the population
                    noise:float=0.12, # pixel noise std
                    minority_label_noise:float=0.0, # share of dark-group TRAIN labels replaced by a random other class
-                   split_fractions:Sequence[float]=(0.7, 0.15, 0.15),
-                   seed:int=0)->Path:
+                   split_fractions:Sequence[float]=(0.7, 0.15, 0.15), # train, val, test shares of the population
+                   seed:int=0,
+                   test_per_group:int=0, # > 0: the test split is this many images of EVERY group, drawn apart (test share 0)
+                   group_features:str='shared', # shared | distinct (the dark group's class is a lesion tint, its shape random)
+                  )->Path:
     "Generate the synthetic dataset into `root` (images + metadata.csv); returns `root`"
     root = Path(root)
+    _check_synth_options(split_fractions, test_per_group, group_features)
     if root.exists(): raise FileExistsError(f"{root}: already exists")
-    rng = np.random.default_rng(seed)
+    test_per_group, rng = int(test_per_group), np.random.default_rng(seed)
     labels, groups = rng.integers(0, len(SYNTH_CLASSES), n), (rng.random(n) < minority).astype(int)
     meta = pd.DataFrame({'image_id': [f'synth_{i:06d}' for i in range(n)], 'label': labels, 'group': groups})
     meta['split'] = make_splits(meta, split_fractions, seed).to_numpy()
     meta['true_label'] = meta.label
     noisy = (meta.split == 'train') & (meta.group == 1) & (rng.random(n) < minority_label_noise)
     meta.loc[noisy, 'label'] = (meta.label[noisy] + rng.integers(1, len(SYNTH_CLASSES), noisy.sum())) % len(SYNTH_CLASSES)
+    test_rng, shape_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))   # streams apart from `rng`
+    if test_per_group:
+        meta = pd.concat([meta, _test_rows(test_per_group, n, test_rng).assign(true_label=lambda t: t.label)], ignore_index=True)
+    meta['shape'] = meta.true_label
+    if group_features == 'distinct':   # dark lesions take the shape of a random class: their class lives in the tint
+        meta.loc[meta.group == 1, 'shape'] = shape_rng.integers(0, len(SYNTH_CLASSES), len(meta))[meta.group == 1]
     meta['path'] = 'images/' + meta.image_id + '.png'
-    with atomic_dir(root) as tmp:
+    with atomic_dir(root) as tmp, ThreadPoolExecutor(4) as pool:   # PNG encoding and file creation wait on zlib and disk
         (tmp/'images').mkdir()
-        for r in tqdm(meta.itertuples(), total=n, desc='synthetic images', leave=False, disable=n < 2000):
-            img = synth_image(r.true_label, r.group, rng, size, noise)
-            Image.fromarray((img*255).round().astype(np.uint8)).save(tmp/r.path)
+        bar, pending = tqdm(total=len(meta), desc='synthetic images', leave=False, disable=len(meta) < 2000), []
+        for part, r in ((meta.iloc[:n], rng), (meta.iloc[n:], test_rng)):   # the population, then the test apart
+            for lo in range(0, len(part), 256):
+                chunk = part.iloc[lo:lo + 256]
+                imgs = synth_images(chunk.true_label, chunk['group'], r, size, noise, group_features, chunk['shape'])
+                for f in pending: f.result()   # the previous chunk is written (errors surface here); the next one is drawn meanwhile
+                pending = [pool.submit(_save_png, img, tmp/path) for path, img in zip(chunk.path, (imgs*255).round().astype(np.uint8))]
+                bar.update(len(chunk))
+        for f in pending: f.result()
+        bar.close()
         names = lambda col, lut: [lut[i] for i in meta[col]]
+        cols = ['image_id', 'path', 'label', 'group', 'split', 'true_label'] + (['shape'] if group_features == 'distinct' else [])
         meta.assign(label=names('label', SYNTH_CLASSES), true_label=names('true_label', SYNTH_CLASSES),
-                    group=names('group', SYNTH_GROUPS))[['image_id', 'path', 'label', 'group', 'split', 'true_label']
-                   ].to_csv(tmp/'metadata.csv', index=False)
-        save_json(dict(n=n, size=size, minority=minority, noise=noise, minority_label_noise=minority_label_noise,
-                       split_fractions=list(split_fractions), seed=seed), tmp/'generator.json')   # inside the atomic step
+                    group=names('group', SYNTH_GROUPS), shape=names('shape', SYNTH_CLASSES))[cols].to_csv(tmp/'metadata.csv', index=False)
+        save_json(_generator_record(n, size, minority, noise, minority_label_noise, split_fractions, seed, test_per_group,
+                                    group_features), tmp/'generator.json')   # inside the atomic step
     return root
 
 # %% ../nbs/00_datasets.ipynb #e704af3c
 def _default_cache()->Path:
     return Path(os.environ.get('FAIRQUANT_CACHE', Path.home()/'.cache'/'fairquant'))
 
+_SYNTH_LATER = dict(test_per_group=0, group_features='shared')   # options added later: older folders were made with these
+
 @register_dataset('synthetic')
 def load_synthetic(root=None, # folder holding (or to receive) the images; None: a cache folder keyed by the options
                    n:int=1200, size:int=32, minority:float=0.15, noise:float=0.12,
                    minority_label_noise:float=0.0, split_fractions:Sequence[float]=(0.7, 0.15, 0.15),
-                   seed:int=0, **kwargs)->GroupDataset:
+                   seed:int=0, test_per_group:int=0, group_features:str='shared', **kwargs)->GroupDataset:
     "The embedded default dataset, generated locally (deterministic by seed)"
-    gen = dict(n=n, size=size, minority=minority, noise=noise, minority_label_noise=minority_label_noise,
-               split_fractions=list(split_fractions), seed=seed)
+    _check_synth_options(split_fractions, test_per_group, group_features)
+    opts = dict(n=n, size=size, minority=minority, noise=noise, minority_label_noise=minority_label_noise,
+                split_fractions=list(split_fractions), seed=seed, test_per_group=int(test_per_group), group_features=group_features)
+    gen = _generator_record(**opts)   # + the tint amplitude in 'distinct': a folder made with another one is refused
     key = hashlib.sha1(json.dumps(gen, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(root) if root is not None else _default_cache()/f'synthetic-{key}'
     if (root/'metadata.csv').exists():
         if not (root/'generator.json').exists():
             raise ValueError(f"{root}: holds metadata.csv but no generator.json, so how it was generated is unknown; use another root")
-        made = load_json(root/'generator.json')
+        made = dict(_SYNTH_LATER, **load_json(root/'generator.json'))
         if made != gen:
             raise ValueError(f"{root}: holds a synthetic dataset made with {made}, not the requested {gen}; "
                              "use another root")
     else:
-        make_synthetic(root, **gen)   # writes generator.json inside its atomic step
+        make_synthetic(root, **opts)   # writes generator.json inside its atomic step
     ds = load_csv_dataset(root, 'metadata.csv', id_col='image_id', classes=SYNTH_CLASSES, groups=SYNTH_GROUPS, name='synthetic', **kwargs)
-    ds.options = dict(gen, **kwargs)
+    ds.options = dict(opts, **kwargs)
     return ds
 
 # %% ../nbs/00_datasets.ipynb #03091f2e
