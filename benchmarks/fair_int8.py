@@ -2,12 +2,13 @@
 
 ResNet-18 (torchvision) and ViT-S/16 (timm) at 224 px, random weights, exported with `export_onnx` and quantized with
 `quantize_int8` on its defaults (static). On the same N noise images with two groups: the baseline validates the FP32
-and the INT8 model (logits of every image, `run_onnx`, batch 32); the method runs `localise_onnx` (both models with every
-layer's input and output read out: in the INT8 model the QuantizeLinear outputs as integers where a layer has them,
-`probe` = 'int8', so onnxruntime keeps its QLinearConv kernels; SQNR sums per group). Both in this one process,
+and the INT8 model (logits of every image, `run_onnx`, batch 32); the method runs `localise_onnx` (one onnxruntime
+model, `own_error_model`: the FP32 graph plus every quantized layer's INT8 nodes fed that layer's FP32 input alone,
+error and signal energies summed per image inside onnxruntime; SQNR sums per group). Both in this one process,
 2 intra-op threads, interleaved (baseline, method, baseline, method, ...), median of the repeats.
-Also printed (stderr) and in the JSON: how many layers each probing path read, and the integer / float weight ops
-in the graph onnxruntime runs for the probed INT8 model.
+Also printed (stderr) and in the JSON: how many layers have their output requantization charged to them
+(`out_requant`: those branches run onnxruntime's integer kernels), and the integer / float weight ops in the graph
+onnxruntime runs for the localisation model.
 
 Usage: .venv/bin/python benchmarks/fair_int8.py [--n 500] [--repeats 3] [--models resnet18,vit]
 The last line of stdout is one JSON object: `ratio_<model>` = localisation time / validation time of both models
@@ -23,7 +24,7 @@ THREADS = 2
 torch.set_num_threads(THREADS)
 
 from fairquant.onnx_int8 import export_onnx, quantize_int8, onnx_session, run_onnx, CalibReader
-from fairquant.fair_int8 import localise_onnx, quantized_layers, localisation_probes, optimized_ops
+from fairquant.fair_int8 import localise_onnx, quantized_layers, own_error_model, optimized_ops
 from fairquant.onnx_int8 import load_onnx
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -68,21 +69,21 @@ def main():
         quantize_int8(fp, q, 'static', CalibReader([images(8, 7)]))
         f_m, q_m = load_onnx(fp), load_onnx(q)
         sf, sq = onnx_session(fp, THREADS), onnx_session(q, THREADS)
-        P = localisation_probes(q_m, f_m)
-        probes = {k: int(v) for k, v in P['layers'].probe.value_counts().items()}
-        ops = optimized_ops(P['int8'])
+        P = own_error_model(q_m, f_m)
+        requant = {str(bool(k)): int(v) for k, v in P['layers'].out_requant.value_counts().items()}
+        ops = optimized_ops(P['model'])
         int_ops = {k: v for k, v in ops.items() if k in ('QLinearConv', 'QGemm', 'QLinearMatMul', 'MatMulIntegerToFloat', 'MatMulInteger', 'ConvInteger')}
         float_ops = {k: v for k, v in ops.items() if k in ('Conv', 'FusedConv', 'Gemm', 'MatMul', 'FusedMatMul', 'FusedGemm')}
-        print(f'{name}: layers read by probe path {probes}; probed INT8 graph runs {int_ops} integer and {float_ops} float ops', file=sys.stderr)
-        for r in P['layers'].itertuples(): print(f'  {r.probe:5s} {r.layer}', file=sys.stderr)
+        print(f'{name}: layers with their own output requantization {requant}; localisation graph runs {int_ops} integer and {float_ops} float ops', file=sys.stderr)
+        for r in P['layers'].itertuples(): print(f'  {"requant" if r.out_requant else "       "} {r.layer}', file=sys.stderr)
         base, meth = [], []
         for r in range(a.repeats):
             t = time.perf_counter(); run_onnx(sf, x, 32); run_onnx(sq, x, 32); base.append(time.perf_counter() - t)
             t = time.perf_counter(); tab = localise_onnx(f_m, q_m, x, codes, groups, 32, THREADS, progress=False); meth.append(time.perf_counter() - t)
             print(f'{name} repeat {r}: validate both {base[-1]:.1f}s, localise {meth[-1]:.1f}s', file=sys.stderr, flush=True)
         res[f'{name}_layers'] = int(tab.layer.nunique())
-        res[f'{name}_probe'] = probes
-        res[f'{name}_probed_int8_ops'] = dict(integer=int_ops, float=float_ops)
+        res[f'{name}_out_requant'] = requant
+        res[f'{name}_localisation_ops'] = dict(integer=int_ops, float=float_ops)
         res[f'{name}_validate_both_s'] = round(float(np.median(base)), 3)
         res[f'{name}_localise_s'] = round(float(np.median(meth)), 3)
         res[f'ratio_{name}'] = round(float(np.median(meth) / np.median(base)), 3)

@@ -17,16 +17,19 @@ import onnxruntime as ort
 from tqdm.auto import tqdm
 
 from .core import (scratch_dir, atomic_path, save_json, load_json, save_csv, read_csv, require_stage, stage_dir)
-from .finetune import group_metrics
-from .onnx_int8 import (load_onnx, read_onnx_meta, set_onnx_meta, QUANT_OPTIONS)
+from .metrics import group_metrics, boot_group_acc, percentile_ci, run_intervals, paired_deltas
+from .datasets import open_stage_dataset
+from .onnx_int8 import (load_onnx, read_onnx_meta, set_onnx_meta, run_name, calibration_mix, QUANT_OPTIONS)
 
 # %% auto #0
-__all__ = ['LAYER_OPS', 'SQNR_CAP', 'GRID_CONFIGS', 'example_int8_run', 'val_subset', 'save_variant', 'quantized_layers',
-           'probe_model', 'session', 'optimized_ops', 'quant_params', 'dequantize', 'GroupEnergy', 'to_db',
-           'sqnr_table', 'layer_ranking', 'localisation_probes', 'localise_onnx', 'plot_layer_groups', 'localise_torch',
-           'keep_float', 'logits', 'group_drop', 'recipe_options', 'requantize', 'fallback_search', 'accuracy_ranking',
-           'overall_ranking', 'CalibrationWarning', 'activation_ranges', 'clipped_shares', 'calibration_check',
-           'int8_fair']
+__all__ = ['LAYER_OPS', 'SQNR_CAP', 'OWN', 'GRID_CONFIGS', 'example_int8_run', 'val_subset', 'save_variant', 'quantized_layers',
+           'probe_model', 'session', 'optimized_ops', 'GroupEnergy', 'to_db', 'sqnr_table', 'layer_ranking',
+           'dequantize', 'own_error_model', 'localise_onnx', 'plot_layer_groups', 'localise_torch', 'keep_float',
+           'logits', 'group_drop', 'paired_drop', 'recipe_options', 'requantize', 'ResolutionWarning', 'resolution',
+           'fallback_search', 'example_group_net', 'plant_group_fault', 'accuracy_ranking', 'overall_ranking',
+           'CalibrationWarning', 'activation_ranges', 'clipped_shares', 'calibration_check', 'held_out',
+           'check_calibration', 'int8_fair', 'rerun_from_file', 'compare_calibrations', 'stage_inputs', 'fair_search',
+           'fair_variants', 'fair_calibration', 'fair_report', 'run_fair_int8']
 
 # %% ../nbs/45_fair_int8.ipynb #01bb03c5
 _EXAMPLES = {}
@@ -62,12 +65,14 @@ def example_int8_run(dest, # run folder to fill (00, 10 from `example_run`, then
 
 # %% ../nbs/45_fair_int8.ipynb #149e0933
 def val_subset(ds, data_config:dict, # a `GroupDataset` and the model's data config
-               n:int=0, seed:int=0)->tuple: # images to take from `val` (0: all), seeded
-    "(images (N,3,H,W) float32, labels, group indices, image ids) of a seeded subset of the val split"
+               n:int=0, seed:int=0, # images to take (0: all), seeded
+               split:str='val')->tuple: # the split to take them from (`test` only to report, never to choose)
+    "(images (N,3,H,W) float32, labels, group indices, image ids) of a seeded subset of a split (val by default)"
     from fairquant.datasets import build_transform
-    t = ds.split('val').reset_index(drop=True)
+    t = ds.split(split).reset_index(drop=True)
+    if not len(t): raise ValueError(f"the dataset's {split!r} split has no images")
     rows = np.sort(np.random.default_rng(seed).choice(len(t), n, replace=False)) if 0 < n < len(t) else np.arange(len(t))
-    tds = ds.torch_dataset('val', build_transform(data_config))
+    tds = ds.torch_dataset(split, build_transform(data_config))
     x = np.stack([tds[int(i)][0].numpy() for i in rows]).astype(np.float32)
     return x, t.label.to_numpy()[rows], t.group.to_numpy()[rows], t.image_id.to_numpy()[rows]
 
@@ -122,12 +127,6 @@ def _q_of_output(name:str, cons:dict, stored:dict)->str:
     qs = [c for c in cons.get(name, []) if c.op_type == 'QuantizeLinear']
     return qs[0].output[0] if len(qs) == 1 and _readable_q(qs[0], stored) else ''
 
-def _q_of_input(name:str, prod:dict, stored:dict)->str:
-    "The integer QuantizeLinear output a layer input `name` comes from (directly, or through one DequantizeLinear); '' if none"
-    p = prod.get(name)
-    if p is not None and p.op_type == 'DequantizeLinear': name = p.input[0]; p = prod.get(name)
-    return name if _readable_q(p, stored) else ''
-
 # %% ../nbs/45_fair_int8.ipynb #e093042d
 def quantized_layers(q:onnx.ModelProto, # the INT8 (QDQ) model
                      f:onnx.ModelProto, # the FP32 model it was quantized from
@@ -151,12 +150,14 @@ def quantized_layers(q:onnx.ModelProto, # the INT8 (QDQ) model
         x_q = _float_source(n.input[0], pq)
         x_f = F.input[0]
         relu_in = pf.get(x_f) is not None and pf[x_f].op_type == 'Relu' and (pq.get(x_q) is None or pq[x_q].op_type != 'Relu')
-        out_q, in_q = _q_of_output(n.output[0], cq, stored), _q_of_input(n.input[0], pq, stored)
         rows.append(dict(layer=name, op=F.op_type, int8_node=n.name, out_fp32=out_f, out_int8=n.output[0],
-                         in_fp32=x_f, in_int8=x_q, relu_in=relu_in, fp32_nodes=chain,
-                         out_q=out_q, in_q=in_q, out_ref=relu[0].output[0] if relu else out_f,   # FP32 at the Q's point: after a removed Relu
-                         probe='int8' if out_q and in_q else 'float'))
+                         in_fp32=x_f, in_int8=x_q, relu_in=relu_in, fp32_nodes=chain, out_q=_q_of_output(n.output[0], cq, stored),
+                         out_ref=relu[0].output[0] if relu else out_f))   # FP32 where the next op reads it: after a removed Relu
     if not rows: raise ValueError("no quantized weight layer (Conv/MatMul/Gemm after a DequantizeLinear of a stored weight, or MatMulIntegerToFloat) in the INT8 model")
+    layer_nodes = {r['int8_node'] for r in rows}
+    for r in rows:   # the output's requantization is the layer's own when no quantized layer reads it (see `own_error_model`)
+        readers = [c.name for d in cq.get(r['out_q'], []) if d.op_type == 'DequantizeLinear' for c in cq.get(d.output[0], [])]
+        r['out_requant'] = bool(r['out_q']) and not set(readers) & layer_nodes
     return pd.DataFrame(rows)
 
 # %% ../nbs/45_fair_int8.ipynb #185633a1
@@ -194,90 +195,54 @@ def optimized_ops(model:onnx.ModelProto, threads:int=1)->dict:
         onnx.save(model, str(Path(td)/'m.onnx'))
         return dict(Counter(n.op_type for n in optimized_graph(Path(td)/'m.onnx', threads).graph.node))
 
-# %% ../nbs/45_fair_int8.ipynb #a11s0002
-def quant_params(q:onnx.ModelProto, # an INT8 model
-                 name:str)->tuple: # the output of one of its QuantizeLinear nodes
-    "(scale, zero point, axis) of the QuantizeLinear that writes `name`, as numpy arrays (zero point uint8 0 when absent)"
-    n = _producers(q.graph).get(name)
-    if n is None or n.op_type != 'QuantizeLinear': raise ValueError(f"{name!r} is not the output of a QuantizeLinear node")
-    st = _stored(q.graph)
-    miss = [i for i in n.input[1:] if i and i not in st]
-    if miss: raise ValueError(f"QuantizeLinear {n.name!r}: scale/zero point {miss} are not stored tensors")
-    s = numpy_helper.to_array(st[n.input[1]])
-    a = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-    if len(n.input) > 2 and n.input[2]: z = numpy_helper.to_array(st[n.input[2]])
-    else: z = np.zeros(s.shape, helper.tensor_dtype_to_np_dtype(a['output_dtype']) if a.get('output_dtype') else np.uint8)
-    if a.get('block_size'): raise ValueError(f"QuantizeLinear {n.name!r}: blocked quantization (block_size={a['block_size']}) is not supported")
-    return s, z, int(a.get('axis', 1))
-
-def dequantize(v:np.ndarray, # a QuantizeLinear's integer output
-               scale:np.ndarray, zero_point:np.ndarray, # its scale and zero point: one each, or one per channel
-               axis:int=1, # the channel axis of a per-channel scale
-               out:np.ndarray=None)->np.ndarray: # a float32 array of v's shape to write into (e.g. `GroupEnergy.scratch`)
-    "What DequantizeLinear computes: float32((v − zero point)·scale), per tensor or per channel"
-    s, z = np.asarray(scale, np.float32), np.asarray(zero_point)
-    if s.size != 1:
-        if s.ndim != 1 or s.shape[0] != v.shape[axis]: raise ValueError(f"per-channel scale of shape {s.shape} for a tensor of shape {v.shape}, axis {axis}")
-        shape = [1]*v.ndim; shape[axis] = -1; s, z = s.reshape(shape), z.reshape(shape)
-    else: s, z = s.reshape(()), z.reshape(())
-    if out is None: out = v.astype(np.float32)
-    else: out[...] = v
-    out -= z.astype(np.float32); out *= s   # exact integers in float32, then one rounding: the same float as onnxruntime's
-    return out
-
 # %% ../nbs/45_fair_int8.ipynb #3031debb
 class GroupEnergy:
     "Accumulates, per tensor and group, the signal energy Σ‖ref‖² and the error energy Σ‖ref−test‖² over batches"
     def __init__(self, keys:Sequence[str], n_groups:int):
         self.keys, self.G = list(keys), n_groups
         self.sig, self.err = (np.zeros((len(self.keys), n_groups)) for _ in range(2))
-        self.n, self._buf = np.zeros(n_groups, dtype=int), np.empty(0, np.float32)
-    def scratch(self, shape)->np.ndarray:
-        "A float32 array of `shape` in memory reused from call to call (a fresh large array costs its page faults every batch)"
-        n = int(np.prod(shape))
-        if self._buf.size < n: self._buf = np.empty(n, np.float32)
-        return self._buf[:n].reshape(shape)
-    def add(self, i:int, ref:np.ndarray, test:np.ndarray, codes:np.ndarray):
-        "Add one batch of tensor `i` (first axis = images, or images × windows; `codes` = their group indices); `test` may be `scratch`"
-        if ref.shape != test.shape: raise ValueError(f"{self.keys[i]}: FP32 shape {ref.shape} but quantized shape {test.shape}")
-        if len(ref) % len(codes): raise ValueError(f"{self.keys[i]}: first axis {len(ref)} is not a multiple of the {len(codes)} images")
+        self.n = np.zeros(n_groups, dtype=int)
+    def add_rows(self, i:int, sig:np.ndarray, err:np.ndarray, codes:np.ndarray):
+        "Add tensor `i`'s per-row energies (rows = images, or images × windows, image-major; `codes` = the images' group indices)"
+        sig, err, codes = np.asarray(sig, np.float64), np.asarray(err, np.float64), np.asarray(codes, dtype=int)
+        if sig.shape != err.shape or sig.ndim != 1: raise ValueError(f"{self.keys[i]}: signal energies of shape {sig.shape}, error energies {err.shape}; expected one per row")
+        if len(sig) % max(len(codes), 1): raise ValueError(f"{self.keys[i]}: {len(sig)} rows is not a multiple of the {len(codes)} images")
         # Swin's window attention stacks windows along the first axis, image-major: (images × windows, ...)
-        r = np.asarray(ref, np.float32).reshape(len(codes), -1)
-        d = np.subtract(r, np.asarray(test, np.float32).reshape(r.shape), out=self.scratch(r.shape))
-        self.err[i] += np.bincount(codes, np.square(d, out=d).sum(1), self.G)   # float32 rows, summed pairwise by numpy
-        self.sig[i] += np.bincount(codes, np.square(r, out=d).sum(1), self.G)
+        k = len(sig)//len(codes) if len(codes) else 1
+        self.sig[i] += np.bincount(codes, sig.reshape(-1, k).sum(1), self.G)
+        self.err[i] += np.bincount(codes, err.reshape(-1, k).sum(1), self.G)
+    def add(self, i:int, ref:np.ndarray, test:np.ndarray, codes:np.ndarray):
+        "Add one batch of tensor `i`: its reference and quantized values (first axis = images, or images × windows)"
+        if ref.shape != test.shape: raise ValueError(f"{self.keys[i]}: FP32 shape {ref.shape} but quantized shape {test.shape}")
+        r = np.asarray(ref, np.float32).reshape(len(ref), -1)
+        d = r - np.asarray(test, np.float32).reshape(r.shape)
+        self.add_rows(i, np.square(r).sum(1), np.square(d).sum(1), codes)
     def count(self, codes): self.n += np.bincount(codes, minlength=self.G)
-    def take(self, rows:Sequence[int], keys:Sequence[str]=None)->GroupEnergy:
-        "The energies of tensors `rows` (in that order, repeats allowed) under new `keys`"
-        e = GroupEnergy(keys if keys is not None else [self.keys[i] for i in rows], self.G)
-        e.sig, e.err, e.n = self.sig[list(rows)], self.err[list(rows)], self.n.copy()
-        return e
     def nsr(self, cols=None)->np.ndarray:
-        "Noise-to-signal ratio per tensor, per group (cols=None) or pooled over the group indices `cols`"
-        if cols is None: return self.err/np.maximum(self.sig, 1e-30)
+        "Noise-to-signal ratio per tensor, per group (cols=None; NaN for a group without images) or pooled over the group indices `cols`"
+        if cols is None: return np.where(self.n > 0, self.err/np.maximum(self.sig, 1e-30), np.nan)
         return self.err[:, cols].sum(1)/np.maximum(self.sig[:, cols].sum(1), 1e-30)
 
 def to_db(nsr)->np.ndarray:
     "SQNR in dB from a noise-to-signal ratio, capped at `SQNR_CAP` for an exact match"
-    with np.errstate(divide='ignore'): return np.minimum(-10*np.log10(np.asarray(nsr, dtype=np.float64)), SQNR_CAP)
+    with np.errstate(divide='ignore', invalid='ignore'): return np.minimum(-10*np.log10(np.asarray(nsr, dtype=np.float64)), SQNR_CAP)
 
 # %% ../nbs/45_fair_int8.ipynb #4d62e303
-def sqnr_table(out:GroupEnergy, inp:GroupEnergy, # energies at each layer's output and input (same layer order)
+def sqnr_table(E:GroupEnergy, # each layer's energies, fed its FP32 input alone (`localise_onnx`, `localise_torch`)
                layers:Sequence[str], groups:Sequence[str], ops:Sequence[str]=None)->pd.DataFrame:
-    "The layer × group table: SQNR, the worst group and its gap, the noise each layer adds, and the ranking"
-    G, sq = len(groups), to_db(out.nsr())
-    added = np.maximum(out.nsr() - inp.nsr(), 0)               # noise the layer itself adds (input and weight quantization)
+    "The layer × group table: SQNR of each layer alone, pooled, its worst group and gap, and the ranking"
+    nsr, G = E.nsr(), len(groups)
+    sq, pooled = to_db(nsr), to_db(E.nsr(list(range(G))))
     rows = []
     for i, l in enumerate(layers):
-        w, h = int(np.argmin(sq[i])), int(np.argmax(added[i]))   # worst-served group at the output; group this layer hurts most
-        rest, hrest = [j for j in range(G) if j != w], [j for j in range(G) if j != h]
-        a_rest = max(out.nsr(hrest)[i] - inp.nsr(hrest)[i], 0) if hrest else added[i, h]
-        score = -to_db(added[i, h] + max(added[i, h] - a_rest, 0))   # its added noise, plus its excess over the others
-        gap = float(to_db(out.nsr(rest)[i]) - sq[i, w]) if rest else 0.0
+        w = int(np.nanargmax(nsr[i]))                           # the group this layer hurts most (groups with images only)
+        rest = [j for j in range(G) if j != w and E.n[j]]
+        n_rest = E.nsr(rest)[i] if rest else nsr[i, w]
+        score = -to_db(nsr[i, w] + max(nsr[i, w] - n_rest, 0))   # its noise, plus its excess over the others'
+        gap = float(to_db(n_rest) - sq[i, w]) if rest else 0.0
         for j, g in enumerate(groups):
-            rows.append(dict(layer=l, group=g, sqnr_db=float(sq[i, j]), n_images=int(out.n[j]), op=None if ops is None else ops[i],
-                             in_sqnr_db=float(to_db(inp.nsr()[i, j])), added_db=float(-to_db(added[i, j])),
-                             worst_group=groups[w], gap_db=gap, hit_group=groups[h], score_db=float(score)))
+            rows.append(dict(layer=l, group=g, sqnr_db=float(sq[i, j]), n_images=int(E.n[j]), op=None if ops is None else ops[i],
+                             pooled_sqnr_db=float(pooled[i]), worst_group=groups[w], gap_db=gap, score_db=float(score)))
     t = pd.DataFrame(rows)
     order = t.drop_duplicates('layer').sort_values('score_db', ascending=False, kind='stable').layer.tolist()
     t['rank'] = t.layer.map({l: r + 1 for r, l in enumerate(order)})
@@ -287,41 +252,109 @@ def layer_ranking(table:pd.DataFrame)->list:
     "Layer names in localisation order (rank 1 first)"
     return table.drop_duplicates('layer').sort_values('rank').layer.tolist()
 
+# %% ../nbs/45_fair_int8.ipynb #a11s0002
+def dequantize(v:np.ndarray, # a quantized integer tensor
+               scale:np.ndarray, zero_point:np.ndarray, # its scale and zero point: one each, or one per channel
+               axis:int=1)->np.ndarray: # the channel axis of a per-channel scale
+    "What DequantizeLinear computes: float32((v − zero point)·scale), per tensor or per channel"
+    s, z = np.asarray(scale, np.float32), np.asarray(zero_point)
+    if s.size != 1:
+        if s.ndim != 1 or s.shape[0] != v.shape[axis]: raise ValueError(f"per-channel scale of shape {s.shape} for a tensor of shape {v.shape}, axis {axis}")
+        shape = [1]*v.ndim; shape[axis] = -1; s, z = s.reshape(shape), z.reshape(shape)
+    else: s, z = s.reshape(()), z.reshape(())
+    out = v.astype(np.float32); out -= z.astype(np.float32); out *= s   # exact integers in float32, then one rounding: the same float as onnxruntime's
+    return out
+
+def _branch(q:onnx.ModelProto, r, prod:dict, inits:dict)->dict:
+    "The INT8 nodes (by first output) computing layer `r`'s output from its float input `r.in_int8` and stored tensors"
+    todo, take = [n for n in q.graph.node if n.name == r.int8_node], {}
+    while todo:
+        n = todo.pop()
+        if n.output[0] in take: continue
+        take[n.output[0]] = n
+        for t in n.input:
+            if not t or t == r.in_int8 or t in inits: continue
+            if t not in prod: raise ValueError(f"layer {r.layer!r}: its INT8 node {r.int8_node!r} depends on {t!r}, which is neither stored nor computed from its input {r.in_int8!r}")
+            todo.append(prod[t])
+    return take
+
+def _folded(n, inits:dict)->onnx.TensorProto:
+    "The float value of a DequantizeLinear of stored tensors (a weight or bias), computed once"
+    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    v, s = (numpy_helper.to_array(inits[t]) for t in n.input[:2])
+    z = numpy_helper.to_array(inits[n.input[2]]) if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
+    return numpy_helper.from_array(dequantize(v, s, z, int(a.get('axis', 1))), n.output[0])
+
+def _row_energy(g:onnx.GraphProto, x:str, out:str, opset:int):
+    "Append nodes computing `out` = Σ x² over each row of `x` (its first axis kept), and make `out` a graph output"
+    g.node.append(helper.make_node('Flatten', [x], [f'{out}/flat'], axis=1, name=f'{out}/flat'))
+    if opset >= 18:
+        g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f'{out}/axes'))
+        g.node.append(helper.make_node('ReduceSumSquare', [f'{out}/flat', f'{out}/axes'], [out], keepdims=0, name=out))
+    else: g.node.append(helper.make_node('ReduceSumSquare', [f'{out}/flat'], [out], axes=[1], keepdims=0, name=out))
+    g.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ['rows']))
+
 # %% ../nbs/45_fair_int8.ipynb #c90ee932
-def localisation_probes(q:onnx.ModelProto, f:onnx.ModelProto, # the INT8 model and its FP32 source
-                        table:pd.DataFrame=None)->dict: # `quantized_layers(q, f)`, when the caller has it
-    "The two probe models `localise_onnx` runs, the distinct (FP32 tensor, INT8 tensor, how) pairs it compares, and each layer's output and input pair"
+OWN = 'fq_own/'   # prefix of every tensor and node `own_error_model` adds to the FP32 graph
+
+def own_error_model(q:onnx.ModelProto, f:onnx.ModelProto, # the INT8 model and its FP32 source
+                    table:pd.DataFrame=None)->dict: # `quantized_layers(q, f)`, when the caller has it
+    "The FP32 model plus every quantized layer's INT8 computation fed that layer's FP32 input alone; outputs per-row error and signal energies"
     L = quantized_layers(q, f) if table is None else table
-    po = [(r.out_ref, r.out_q, 'q') if r.probe == 'int8' else (r.out_fp32, r.out_int8, '') for r in L.itertuples()]
-    pi = [(r.in_fp32, r.in_q, 'q') if r.probe == 'int8' else (r.in_fp32, r.in_int8, 'relu' if r.relu_in else '') for r in L.itertuples()]
-    pairs = list(dict.fromkeys(po + pi))   # a layer's input is often the layer before's output: compared once
-    qp = {t: quant_params(q, t) for _, t, how in pairs if how == 'q'}
-    types = {t: helper.np_dtype_to_tensor_dtype(p[1].dtype) for t, p in qp.items()}
-    return dict(layers=L, pairs=pairs, out_rows=[pairs.index(p) for p in po], in_rows=[pairs.index(p) for p in pi], qparams=qp,
-                fp32=probe_model(f, [a for a, _, _ in pairs]), int8=probe_model(q, [t for _, t, _ in pairs], types))
+    prod, cons, inits = _producers(q.graph), _consumers(q.graph), {i.name: i for i in q.graph.initializer}
+    pos, m = {n.output[0]: k for k, n in enumerate(q.graph.node)}, copy.deepcopy(f)
+    opset = {o.domain or 'ai.onnx': o.version for o in m.opset_import}
+    if {o.domain or 'ai.onnx': o.version for o in q.opset_import}.get('ai.onnx') != opset.get('ai.onnx'):
+        raise ValueError("the INT8 and FP32 models use different ONNX opsets: is this INT8 model quantized from this FP32 model?")
+    g, used, folded, err, sig = m.graph, set(), {}, [], []
+    for i, r in enumerate(L.itertuples()):
+        take, pre, out = _branch(q, r, prod, inits), f'{OWN}{i}/', r.out_int8
+        if r.out_requant:   # its own output requantization: Q and one DequantizeLinear of it
+            dq = [d for d in cons[r.out_q] if d.op_type == 'DequantizeLinear'][0]
+            take.update({r.out_q: prod[r.out_q], dq.output[0]: dq}); out = dq.output[0]
+        fold = {} if r.out_requant else {n.output[0]: n for n in take.values() if n.op_type == 'DequantizeLinear' and all(t in inits for t in n.input if t)}
+        def name(t):
+            if not t: return t
+            if t == r.in_int8: return r.in_fp32                  # the FP32 input of this layer
+            if t in fold: folded.setdefault(t, fold[t]); return f'{OWN}w/{t}'
+            if t in inits: used.add(t); return f'{OWN}w/{t}'
+            return pre + t
+        for n in sorted((n for n in take.values() if n.output[0] not in fold), key=lambda n: pos[n.output[0]]):
+            c = copy.deepcopy(n); c.name = pre + (n.name or n.output[0])
+            c.input[:] = [name(t) for t in n.input]; c.output[:] = [name(t) for t in n.output]
+            g.node.append(c)
+        out = name(out)
+        if not r.out_requant and r.out_ref != r.out_fp32:   # a Relu the quantizer removed, which no requantization does here
+            g.node.append(helper.make_node('Relu', [out], [pre + 'relu'], name=pre + 'relu')); out = pre + 'relu'
+        g.node.append(helper.make_node('Sub', [r.out_ref, out], [pre + 'diff'], name=pre + 'diff'))
+        _row_energy(g, pre + 'diff', pre + 'err', opset['ai.onnx']); err.append(pre + 'err')
+        s = f'{OWN}sig/{r.out_ref}'
+        if s not in sig: _row_energy(g, r.out_ref, s, opset['ai.onnx'])
+        sig.append(s)
+    new = [_folded(n, inits) for n in folded.values()] + [copy.deepcopy(inits[t]) for t in sorted(used)]
+    for w in new: w.name = f'{OWN}w/{w.name}'
+    g.initializer.extend(new)
+    m.opset_import.extend([o for o in q.opset_import if (o.domain or 'ai.onnx') not in opset])
+    return dict(model=m, layers=L, err=err, sig=sig)
 
 def localise_onnx(fp32, int8, # FP32 and INT8 ONNX models (paths or ModelProto)
                   x:np.ndarray, codes:np.ndarray, # preprocessed images (N, 3, H, W) and their group indices
                   groups:Sequence[str], # group names (index order)
                   batch_size:int=32, threads:int=None, progress:bool=True)->pd.DataFrame:
-    "Per quantized layer and group: SQNR of the INT8 layer output against FP32 (see `sqnr_table`), and how it was read (`probe`)"
+    "Per quantized layer and group: SQNR of the INT8 layer fed its FP32 input alone (see `sqnr_table`), and whether its output requantization is its own"
     f = fp32 if isinstance(fp32, onnx.ModelProto) else load_onnx(fp32)
     q = int8 if isinstance(int8, onnx.ModelProto) else load_onnx(int8)
-    P = localisation_probes(q, f)
-    L, pairs, qp = P['layers'], P['pairs'], P['qparams']
-    sf, sq = session(P['fp32'], threads), session(P['int8'], threads)
-    E, codes = GroupEnergy([f'{a} ~ {t}' for a, t, _ in pairs], len(groups)), np.asarray(codes, dtype=int)
-    for s in tqdm(range(0, len(x), batch_size), desc='localise', disable=not progress, leave=False):
-        xb, cb = np.ascontiguousarray(x[s:s+batch_size], dtype=np.float32), codes[s:s+batch_size]
-        a, b = _run_all(sf, xb), _run_all(sq, xb)
-        for k, (ra, tb, how) in enumerate(pairs):
-            v = b[tb]
-            if how == 'q': v = dequantize(v, *qp[tb], out=E.scratch(v.shape))
-            elif how == 'relu': v = np.maximum(v, 0, out=E.scratch(v.shape))   # a Relu the quantizer removed: apply it
-            E.add(k, a[ra], v, cb)
+    P = own_error_model(q, f); L = P['layers']
+    s = session(P['model'], threads); name = s.get_inputs()[0].name
+    sigs = list(dict.fromkeys(P['sig']))
+    E, codes = GroupEnergy(L.layer, len(groups)), np.asarray(codes, dtype=int)
+    for b in tqdm(range(0, len(x), batch_size), desc='localise', disable=not progress, leave=False):
+        cb = codes[b:b+batch_size]
+        o = dict(zip(P['err'] + sigs, s.run(P['err'] + sigs, {name: np.ascontiguousarray(x[b:b+batch_size], dtype=np.float32)})))
+        for i, (e, sg) in enumerate(zip(P['err'], P['sig'])): E.add_rows(i, o[sg], o[e], cb)
         E.count(cb)
-    t = sqnr_table(E.take(P['out_rows'], L.layer), E.take(P['in_rows'], L.layer), L.layer.tolist(), groups, L.op.tolist())
-    return t.assign(probe=t.layer.map(dict(zip(L.layer, L.probe))))
+    t = sqnr_table(E, L.layer.tolist(), groups, L.op.tolist())
+    return t.assign(out_requant=t.layer.map(dict(zip(L.layer, L.out_requant))))
 
 # %% ../nbs/45_fair_int8.ipynb #438e5aec
 def plot_layer_groups(table:pd.DataFrame, # `localise_onnx` / `localise_torch`
@@ -343,31 +376,25 @@ def localise_torch(qmodel:torch.nn.Module, # a fake-quantized model (`load_quant
                    fp32_model:torch.nn.Module, # its FP32 source (`load_checkpoint(...).model`)
                    x:torch.Tensor, codes:np.ndarray, groups:Sequence[str], # images, their group indices, group names
                    batch_size:int=32)->pd.DataFrame:
-    "Per fake-quantized layer and group: SQNR of the layer's output against FP32, via forward hooks (see `sqnr_table`)"
+    "Per fake-quantized layer and group: SQNR of the quantized layer fed the FP32 model's input to it alone (see `sqnr_table`)"
     from fairquant.mixed_precision import quant_layers, quantizer
     ql = [k.removesuffix('.weight') for k, m in quant_layers(qmodel).items() if quantizer(m) is not None]
     if not ql: raise ValueError("the model has no fake-quantized layer (no FakeQuant weight parametrization)")
-    fm, qm = dict(fp32_model.named_modules()), dict(qmodel.named_modules())
+    fm, qm = dict(fp32_model.named_modules()), dict(qmodel.eval().named_modules())
     missing = [k for k in ql if k not in fm]
     if missing: raise ValueError(f"layers {missing[:5]} of the quantized model are not in the FP32 model: not its source?")
-    seen = {}
-    def hook(key):
-        def f(mod, inp, out): seen[key] = (inp[0].detach().float().numpy(), out.detach().float().numpy())
-        return f
-    hs = [m[k].register_forward_hook(hook((w, k))) for w, m in (('f', fm), ('q', qm)) for k in ql]
-    out, inp, codes = GroupEnergy(ql, len(groups)), GroupEnergy(ql, len(groups)), np.asarray(codes, dtype=int)
+    E, codes, cur = GroupEnergy(ql, len(groups)), np.asarray(codes, dtype=int), {}
+    def hook(i, k):   # the FP32 layer's input, through the quantized layer alone, against the FP32 layer's output
+        def h(mod, inp, out): E.add(i, out.detach().float().numpy(), qm[k](inp[0]).detach().float().numpy(), cur['codes'])
+        return h
+    hs = [fm[k].register_forward_hook(hook(i, k)) for i, k in enumerate(ql)]
     try:
         with torch.no_grad():
             for s in range(0, len(x), batch_size):
-                xb, cb = x[s:s+batch_size], codes[s:s+batch_size]
-                fp32_model.eval()(xb); qmodel.eval()(xb)
-                for i, k in enumerate(ql):
-                    (fi, fo), (qi, qo) = seen[('f', k)], seen[('q', k)]
-                    out.add(i, fo, qo, cb); inp.add(i, fi, qi, cb)
-                out.count(cb); inp.count(cb)
+                cur['codes'] = codes[s:s+batch_size]; fp32_model.eval()(x[s:s+batch_size]); E.count(cur['codes'])
     finally:
         for h in hs: h.remove()
-    return sqnr_table(out, inp, ql, groups, [type(qm[k]).__name__ for k in ql])
+    return sqnr_table(E, ql, groups, [type(qm[k]).__name__ for k in ql])
 
 # %% ../nbs/45_fair_int8.ipynb #b966088b
 def keep_float(q:onnx.ModelProto, # the INT8 (QDQ) model (not changed)
@@ -445,14 +472,32 @@ def logits(model, x:np.ndarray, # a model (ModelProto or path) and images
     x = np.ascontiguousarray(x, dtype=np.float32)
     return np.concatenate([s.run(None, {name: x[i:i+batch_size]})[0] for i in range(0, len(x), batch_size)])
 
+def _class_ids(*codes)->list:
+    "Stand-in class names 0..C-1 covering these class codes (only accuracies are read from `group_metrics` here, which need no names)"
+    return [str(i) for i in range(int(max(np.max(c) for c in codes)) + 1)]
+
 def group_drop(pred:np.ndarray, ref_pred:np.ndarray, # predictions of the model and of FP32
                labels:np.ndarray, codes:np.ndarray, groups:Sequence[str])->dict:
-    "Overall and per-group accuracy, and the largest per-group accuracy drop against FP32 (points)"
-    m, r = group_metrics(labels, codes, pred, groups), group_metrics(labels, codes, ref_pred, groups)
+    "Overall and per-group accuracy (`fairquant.metrics.group_metrics`), and the largest per-group accuracy drop against FP32 (points)"
+    cl = _class_ids(labels, pred, ref_pred)
+    m, r = group_metrics(labels, pred, codes, cl, groups), group_metrics(labels, ref_pred, codes, cl, groups)
     drop = {g: 100*(r['group_acc'][g] - m['group_acc'][g]) for g in groups if m['group_n'][g]}
     w = max(drop, key=drop.get)
     return dict(val_acc=m['acc'], **{f'val_acc[{g}]': m['group_acc'][g] for g in groups},
                 worst_group=w, worst_group_drop_pp=drop[w])
+
+def paired_drop(pred:np.ndarray, ref_pred:np.ndarray, # predictions of the model and of FP32, on the same images
+                labels:np.ndarray, codes:np.ndarray, groups:Sequence[str],
+                n_boot:int=1000, seed:int=0, level:float=0.95)->dict:
+    "The worst group's accuracy drop against FP32 (points) with a paired bootstrap interval and MDE, and the resolution of the smallest group"
+    pred, ref_pred, labels, codes = (np.asarray(a) for a in (pred, ref_pred, labels, codes))
+    d = group_drop(pred, ref_pred, labels, codes, groups)
+    m = codes == list(groups).index(d['worst_group'])    # the group with the largest drop, fixed by the data
+    p = paired_deltas(pred[m] == labels[m], ref_pred[m] == labels[m], np.zeros(int(m.sum()), int), [d['worst_group']], n_boot, seed, level)
+    n_g = np.bincount(codes, minlength=len(groups))
+    return dict(worst_group=d['worst_group'], worst_group_drop_pp=d['worst_group_drop_pp'], worst_group_drop_pp_lo=0.0 - p['d_acc_pp_hi'],
+                worst_group_drop_pp_hi=0.0 - p['d_acc_pp_lo'], mde_pp=float(p['mde_pp']), n_worst=p['n_worst'], discordant_worst=p['discordant_worst'],
+                resolution_pp=100/int(n_g[n_g > 0].min()))
 
 # %% ../nbs/45_fair_int8.ipynb #b12ee76b
 def recipe_options(quantization:dict)->dict:
@@ -472,33 +517,108 @@ def requantize(fp32_path, out_path, # the FP32 ONNX file and the INT8 file to wr
     return r, man
 
 # %% ../nbs/45_fair_int8.ipynb #e6d94af5
+class ResolutionWarning(UserWarning): "An ε finer than one image of the smallest group: whether it is met is decided by single images"
+
+def resolution(codes:np.ndarray, groups:Sequence[str])->dict:
+    "The smallest group among `codes` (with images), its image count, and the points one of its images is worth"
+    n = np.bincount(np.asarray(codes, dtype=int), minlength=len(groups)); j = int(np.argmin(np.where(n > 0, n, n.max() + 1)))
+    return dict(smallest_group=groups[j], n_smallest=int(n[j]), resolution_pp=100/int(n[j]))
+
+def _worst_group_layer(table:pd.DataFrame, left:Sequence[str], group:str)->str:
+    "Of the layers `left`, the one that adds the most noise to `group` alone (lowest `sqnr_db`; ties: localisation rank)"
+    t = table[(table.group == group) & table.layer.isin(list(left))]
+    return t.sort_values(['sqnr_db', 'rank'], kind='stable').layer.iloc[0]
+
 def fallback_search(q:onnx.ModelProto, f:onnx.ModelProto, # the INT8 model and its FP32 source
-                    order:Sequence[str], # layers in localisation order (`layer_ranking`)
+                    order, # the localisation table (`localise_onnx`): each step floats the layer that hurts the group losing most; or a list of layers: that fixed order
                     x:np.ndarray, labels:np.ndarray, codes:np.ndarray, groups:Sequence[str], # val images, labels, group indices
                     eps:float=1.0, # max_worst_group_drop_pp: the largest worst-group accuracy drop allowed (points)
                     fp32_pred:np.ndarray=None, # cached FP32 predictions of `x` (computed when None)
-                    threads:int=None, progress:bool=True)->tuple:
-    "Greedy: keep layers float in `order` until no group loses more than `eps` points on `x`; (steps table, result dict)"
+                    threads:int=None, progress:bool=True,
+                    n_boot:int=1000, seed:int=0)->tuple: # the paired bootstrap of the result's worst-group drop (0: none)
+    "Greedy: keep layers float until no group loses more than `eps` points on `x`; (steps table, result dict)"
     if not eps >= 0: raise ValueError(f"max_worst_group_drop_pp={eps}: must be ≥ 0 (points of accuracy a group may lose)")
-    L = quantized_layers(q, f)
-    if sorted(order) != sorted(L.layer): raise ValueError(f"order must list each of the {len(L)} quantized layers once; got {len(order)} names")
-    n_eval = 1   # FP32's one evaluation, here or by the caller (its predictions are reused at every step)
+    L, table = quantized_layers(q, f), order if isinstance(order, pd.DataFrame) else None
+    names = layer_ranking(table) if table is not None else list(order)
+    if sorted(names) != sorted(L.layer): raise ValueError(f"order must list each of the {len(L)} quantized layers once; got {len(names)} names")
+    R = resolution(codes, groups)
+    if 0 < eps < R['resolution_pp']:   # ε = 0 ('no image lost, net') means the same at every resolution
+        warnings.warn(f"max_worst_group_drop_pp={eps} is below one image of the smallest group ({R['smallest_group']!r}: {R['n_smallest']} images, "
+                      f"{R['resolution_pp']:.2f} points each): for that group it means 'no image lost, net'; its drop's interval "
+                      f"(drop_interval) says what the data can resolve", ResolutionWarning, stacklevel=2)
     if fp32_pred is None: fp32_pred = logits(f, x, threads).argmax(1)
-    rows, met, pbar = [], False, tqdm(total=len(order), desc='fallback', disable=not progress, leave=False)
-    for k in range(len(order)):   # k float layers; at most all but one
-        m = keep_float(q, f, order[:k], L) if k else q
-        pred = logits(m, x, threads).argmax(1); n_eval += 1
-        rows.append(dict(step=k, n_float=k, added_layer=order[k-1] if k else '', float_layers=json.dumps(list(order[:k])),
-                         **group_drop(pred, fp32_pred, labels, codes, groups)))
-        met = rows[-1]['worst_group_drop_pp'] <= eps; pbar.update()
-        if met: break
+    n_eval, rows, chosen, why, met = 1, [], [], '', False   # FP32's one evaluation, here or by the caller
+    pbar = tqdm(total=len(names), desc='fallback', disable=not progress, leave=False)
+    for k in range(len(names)):   # k float layers; at most all but one
+        pred = logits(keep_float(q, f, chosen, L) if chosen else q, x, threads).argmax(1); n_eval += 1
+        d = group_drop(pred, fp32_pred, labels, codes, groups)
+        rows.append(dict(step=k, n_float=k, added_layer=chosen[-1] if chosen else '', chosen_for=why, float_layers=json.dumps(chosen), **d))
+        met = d['worst_group_drop_pp'] <= eps; pbar.update()
+        if met or k == len(names) - 1: break
+        left = [l for l in names if l not in chosen]
+        chosen.append(_worst_group_layer(table, left, d['worst_group']) if table is not None else left[0])
+        why = d['worst_group'] if table is not None else ''
     pbar.close()
     t, last = pd.DataFrame(rows), rows[-1]
     reason = (f"worst-group drop {last['worst_group_drop_pp']:.2f} pp ≤ ε = {eps} pp with {last['n_float']} float layer(s)" if met else
-              f"ε = {eps} pp not met: with all but one of the {len(order)} layers float the worst group ({last['worst_group']}) still loses "
+              f"ε = {eps} pp not met: with all but one of the {len(names)} layers float the worst group ({last['worst_group']}) still loses "
               f"{last['worst_group_drop_pp']:.2f} pp on val")
     return t, dict(eps=eps, met=bool(met), reason=reason, float_layers=json.loads(last['float_layers']), n_float=int(last['n_float']),
-                   n_layers=len(order), evaluations=n_eval, **{k: last[k] for k in last if k.startswith('val_acc') or k.startswith('worst')})
+                   n_layers=len(names), evaluations=n_eval, order='worst group' if table is not None else 'given',
+                   eps_below_resolution=bool(0 < eps < R['resolution_pp']), **R,
+                   drop_interval=paired_drop(pred, fp32_pred, labels, codes, groups, n_boot, seed) if n_boot else None,
+                   **{k: last[k] for k in last if k.startswith('val_acc') or k.startswith('worst')})
+
+# %% ../nbs/45_fair_int8.ipynb #f6b1a943
+def _group_images(n:int, minority:float, seed:int)->tuple:
+    "Two-group 16-pixel images of 4 classes: a bright square in one quadrant (the class), in the red channel for group 0 and the blue one for group 1"
+    r = np.random.default_rng(seed)
+    g, y = (r.random(n) < minority).astype(int), r.integers(0, 4, n)
+    x = 0.5 + 0.1*r.standard_normal((n, 3, 16, 16)).astype(np.float32)
+    for i in range(n):
+        a, b = divmod(int(y[i]), 2); x[i, 2*g[i], 8*a+2:8*a+6, 8*b+2:8*b+6] += 1.0
+    return x.astype(np.float32), y, g
+
+def example_group_net(dest, # folder to write fp32.onnx and int8.onnx into
+                      n_train:int=2000, epochs:int=8, seed:int=0)->dict:
+    "A small CNN (5 weight layers) trained on two groups whose features differ, exported and statically quantized by stage 40's functions"
+    from fairquant.onnx_int8 import export_onnx, quantize_int8, CalibReader
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    xt, yt, gt = _group_images(n_train, 0.2, seed + 1)
+    torch.manual_seed(seed)
+    nn = torch.nn
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+                      nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt, X, Y, threads = torch.optim.Adam(m.parameters(), 3e-3), torch.from_numpy(xt), torch.from_numpy(yt), torch.get_num_threads()
+    torch.set_num_threads(1)   # the same weights whatever the machine's thread count
+    try:
+        for e in range(epochs):
+            for i in torch.randperm(len(X), generator=torch.Generator().manual_seed(seed + e)).split(64):
+                opt.zero_grad(); nn.functional.cross_entropy(m(X[i]), Y[i]).backward(); opt.step()
+    finally: torch.set_num_threads(threads)
+    groups, dc = ['majority', 'minority'], dict(input_size=[3, 16, 16], mean=[0., 0., 0.], std=[1., 1., 1.])
+    export_onnx(m.eval(), dest/'fp32.onnx', ['top-left', 'top-right', 'bottom-left', 'bottom-right'], groups, dc)
+    cal = np.concatenate([xt[gt == 0][:16], xt[gt == 1][:16]])                      # 16 images of each group
+    quantize_int8(dest/'fp32.onnx', dest/'int8.onnx', 'static', CalibReader([cal]))
+    x, y, c = _group_images(600, 0.15, seed + 2)                                   # val: 15 % minority
+    return dict(fp32=dest/'fp32.onnx', int8=dest/'int8.onnx', x=x, y=y, codes=c, groups=groups)
+
+def plant_group_fault(q:onnx.ModelProto, f:onnx.ModelProto, # the INT8 model (not changed) and its FP32 source
+                      layer:str, x:np.ndarray, codes:np.ndarray, # the layer to break; images and group indices
+                      group:int=1, k:int=1, factor:float=-1.0)->onnx.ModelProto: # the group to hurt; input channels; weight factor
+    "A copy of `q` whose `layer` has the integer weights it applies to the `k` input channels most specific to `group` multiplied by `factor`"
+    L = quantized_layers(q, f).set_index('layer').loc[layer]
+    a = session(probe_model(f, [L.in_fp32])).run([L.in_fp32], {'input': np.ascontiguousarray(x)})[0]
+    a = a.reshape(len(a), a.shape[1], -1).max(2)                                 # each channel's peak, per image
+    codes = np.asarray(codes)
+    spec = np.argsort(-(a[codes == group].mean(0) - a[codes != group].mean(0)))[:k]
+    m = copy.deepcopy(q); inits, prod = {i.name: i for i in m.graph.initializer}, _producers(m.graph)
+    w = prod[[n for n in m.graph.node if n.name == L.int8_node][0].input[1]].input[0]
+    v = numpy_helper.to_array(inits[w]).astype(np.int32); info = np.iinfo(numpy_helper.to_array(inits[w]).dtype)
+    v[:, spec] = np.clip(np.round(v[:, spec]*factor), info.min, info.max)
+    inits[w].CopyFrom(numpy_helper.from_array(v.astype(info.dtype), w))
+    return m
 
 # %% ../nbs/45_fair_int8.ipynb #f90ad41f
 def accuracy_ranking(q:onnx.ModelProto, f:onnx.ModelProto, # the INT8 model and its FP32 source
@@ -512,9 +632,8 @@ def accuracy_ranking(q:onnx.ModelProto, f:onnx.ModelProto, # the INT8 model and 
     return sorted(names, key=lambda l: -acc[l])   # stable: ties keep the tie-break order
 
 def overall_ranking(table:pd.DataFrame)->list:
-    "Layers ordered by the noise they add pooled over all images (no group information): the tie-break for `accuracy_ranking`"
-    s = table.groupby('layer', sort=False).apply(lambda d: np.log10((10**(d.added_db/10)*d.n_images).sum()/d.n_images.sum()), include_groups=False)
-    return s.sort_values(ascending=False, kind='stable').index.tolist()
+    "Layers ordered by the noise each adds alone, pooled over all images (no group information): the tie-break for `accuracy_ranking`"
+    return table.drop_duplicates('layer').sort_values('pooled_sqnr_db', kind='stable').layer.tolist()
 
 # %% ../nbs/45_fair_int8.ipynb #37a5995d
 class CalibrationWarning(UserWarning): "A calibration set that may serve one group worse than the others"
@@ -545,7 +664,7 @@ def _fp32_names(tensors, q:onnx.ModelProto, f:onnx.ModelProto)->dict:
 def clipped_shares(f:onnx.ModelProto, q:onnx.ModelProto, # FP32 model and the INT8 model whose ranges to check
                    x:np.ndarray, codes:np.ndarray, groups:Sequence[str], # val images and group indices
                    batch_size:int=32, threads:int=None)->pd.DataFrame:
-    "Per activation tensor and group: the share of FP32 val activations outside the INT8 model's calibrated range"
+    "Per activation tensor and group: the share of FP32 activations of `x` outside the INT8 model's calibrated range (NaN for a group without images)"
     R = activation_ranges(q); names = _fp32_names(R.tensor, q, f)
     R = R[R.tensor.isin(list(names))].reset_index(drop=True)
     s = session(probe_model(f, [names[t] for t in R.tensor]), threads)
@@ -556,7 +675,7 @@ def clipped_shares(f:onnx.ModelProto, q:onnx.ModelProto, # FP32 model and the IN
         for i, r in enumerate(R.itertuples()):
             v = a[names[r.tensor]].reshape(len(cb), -1)
             out[i] += np.bincount(cb, ((v < r.lo) | (v > r.hi)).sum(1), G); tot[i] += np.bincount(cb, np.full(len(cb), v.shape[1]), G)
-    share = out/np.maximum(tot, 1)
+    share = np.where(tot > 0, out/np.maximum(tot, 1), np.nan)
     return pd.DataFrame([dict(tensor=r.tensor, group=g, lo=r.lo, hi=r.hi, clipped_share=share[i, j], n_images=int(n[j]),
                               rest_share=out[i, np.arange(G) != j].sum()/max(tot[i, np.arange(G) != j].sum(), 1))
                          for i, r in enumerate(R.itertuples()) for j, g in enumerate(groups)])
@@ -574,6 +693,9 @@ def calibration_check(mix:pd.DataFrame, # `calibration_mix`: images per group in
         if r['calibration'] < min_images:
             msgs.append(f"group {g!r} has {int(r['calibration'])} calibration image(s) (fewer than {min_images}; population share "
                         f"{r.iloc[3]:.1f} %): its activation ranges were not measured on it")
+    for g in clip[clip.n_images == 0].group.unique():
+        msgs.append(f"group {g!r} has no image to measure clipping on (all its images here are calibration images, or it has none): "
+                    f"its clipping was not measured")
     clip = clip.assign(flagged=(clip.clipped_share >= min_clip) & (clip.clipped_share > clip_ratio*clip.rest_share))
     for g, d in clip[clip.flagged].groupby('group', sort=False):
         top = d.sort_values('clipped_share', ascending=False)
@@ -583,6 +705,24 @@ def calibration_check(mix:pd.DataFrame, # `calibration_mix`: images per group in
         for m in msgs: warnings.warn(m, CalibrationWarning, stacklevel=2)
     return clip, msgs
 
+def held_out(ids:Sequence, # image ids of the images at hand
+             *calibration_ids:Sequence)->np.ndarray: # the image ids of each calibration set (e.g. 40's manifest)
+    "Mask of the images in none of the calibration sets: the images a calibration's ranges were not fitted on"
+    cal = set().union(*({str(i) for i in c} for c in calibration_ids))
+    return np.array([str(i) not in cal for i in ids], dtype=bool)
+
+def check_calibration(f:onnx.ModelProto, q:onnx.ModelProto, # FP32 model and the INT8 model whose ranges to check
+                      x:np.ndarray, codes:np.ndarray, ids:Sequence, groups:Sequence[str], # images, group indices, image ids
+                      mix:pd.DataFrame, # `calibration_mix` of q's calibration set
+                      calibration_ids:Sequence, # the image ids q was calibrated on
+                      min_images:int=4, clip_ratio:float=3.0, min_clip:float=0.01,
+                      batch_size:int=32, threads:int=None, warn:bool=True)->tuple:
+    "`calibration_check` with clipping measured only on the images q was not calibrated on (`held_out`); (clip table, warnings)"
+    keep, codes = held_out(ids, calibration_ids), np.asarray(codes, dtype=int)
+    clip = clipped_shares(f, q, x[keep], codes[keep], groups, batch_size, threads)
+    n_cal = np.bincount(codes[~keep], minlength=len(groups))
+    return calibration_check(mix, clip.assign(n_left_out=clip.group.map(dict(zip(groups, n_cal.tolist())))), min_images, clip_ratio, min_clip, warn)
+
 # %% ../nbs/45_fair_int8.ipynb #5829c664
 GRID_CONFIGS = {'int8_fair': lambda eps=1.0: {'40_onnx_int8': dict(static=True), '45_fair_int8': dict(max_worst_group_drop_pp=float(eps))}}
 
@@ -590,3 +730,198 @@ def int8_fair(eps:float=1.0)->dict: # max_worst_group_drop_pp (points)
     "Stage parameters of the grid configuration `int8_fair` (its run name in 50_validation: `<tag>-int8-fair`)"
     if not eps >= 0: raise ValueError(f"int8_fair: eps={eps} must be ≥ 0 (points a group may lose)")
     return GRID_CONFIGS['int8_fair'](eps)
+
+# %% ../nbs/45_fair_int8.ipynb #b4748bbe
+def rerun_from_file(path, # a saved model (ONNX file)
+                    x:np.ndarray, labels:np.ndarray, codes:np.ndarray, groups:Sequence[str], # the images the search saw
+                    fp32_pred:np.ndarray, # FP32's predictions of `x`
+                    expected:dict, # what the search saw for this model (a row of `fallback_search`'s steps)
+                    threads:int=None)->dict:
+    "The val accuracies and worst-group drop of `path`, recomputed from its file; an error naming what differs from `expected`"
+    got = group_drop(logits(path, x, threads).argmax(1), fp32_pred, labels, codes, groups)
+    keys = ['val_acc', *[f'val_acc[{g}]' for g in groups], 'worst_group_drop_pp']
+    bad = {k: (float(expected[k]), float(got[k])) for k in keys if not np.isclose(expected[k], got[k], rtol=0, atol=1e-9, equal_nan=True)}
+    if bad or got['worst_group'] != expected['worst_group']:
+        raise ValueError(f"{path}: run again from its file, it gives {bad or {'worst_group': (expected['worst_group'], got['worst_group'])}} "
+                         f"(search, file): the saved model is not the one the search chose")
+    return got
+
+def compare_calibrations(correct:dict, # {model: (images,) bool top-1 correct}, all on the same images
+                         codes:np.ndarray, groups:Sequence[str], n_boot:int=1000, seed:int=0)->pd.DataFrame:
+    "Per model and group: accuracy with a paired, stratified 95 % bootstrap interval (the same image draws for every model)"
+    C, codes = np.stack([np.asarray(v, bool) for v in correct.values()]), np.asarray(codes, dtype=int)
+    B = boot_group_acc(C, codes, len(groups), n_boot, seed)
+    rows = []
+    for i, k in enumerate(correct):
+        for j, g in enumerate(groups):
+            sel = codes == j
+            lo, hi = percentile_ci(B[i, :, j]) if sel.any() else (np.nan, np.nan)
+            rows.append(dict(model=k, group=g, n=int(sel.sum()), acc=C[i, sel].mean() if sel.any() else np.nan, acc_lo=lo, acc_hi=hi))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/45_fair_int8.ipynb #34375b64
+def _onnx_meta(path)->dict: return {p.key: p.value for p in load_onnx(path).metadata_props}
+
+def _tag_list(v)->list|None:
+    "A list from a list, or from one tag or comma-separated tags (as a command line gives them)"
+    return [s.strip() for s in v.split(',') if s.strip()] if isinstance(v, str) else (None if v is None else list(v))
+
+def stage_inputs(run_dir, # run folder: 00_datasets/, 10_finetune_vit_swin/, 40_onnx_int8/
+                 tags:Sequence[str]=None)->dict: # model tags (None: every tag with a static INT8 model)
+    "Check a run folder for stage 45 and read what it needs: 40's FP32 and static INT8 models per tag, its calibration manifest, the dataset"
+    run_dir, tags = Path(run_dir), _tag_list(tags)
+    d40 = require_stage(run_dir, '40_onnx_int8', 'models.json', needed_by='45_fair_int8')
+    require_stage(run_dir, '00_datasets', 'dataset.json', 'images.csv', needed_by='45_fair_int8')
+    require_stage(run_dir, '10_finetune_vit_swin', 'checkpoints.json', needed_by='45_fair_int8')
+    idx40 = load_json(d40/'models.json')['models']
+    static, fp32 = ({r['tag']: r for r in idx40 if r['precision'] == p} for p in ('int8-static', 'fp32'))
+    stale = [r['run'] for r in fp32.values() if r['run'] != run_name(r['tag'], 'fp32')]
+    if stale: raise ValueError(f"{d40/'models.json'}: FP32 exports {stale} are not named '<tag>-onnx-fp32' (written by an older stage 40); rerun 40_onnx_int8")
+    unknown = sorted(set(tags or []) - set(static))
+    if unknown: raise ValueError(f"tags {unknown}: {d40/'models.json'} has no static INT8 model for them; it has {sorted(static)}")
+    run_tags = [t for t in static if tags is None or t in tags]
+    if not run_tags: raise ValueError(f"{d40/'models.json'}: no static INT8 model (run 40_onnx_int8 with static=True)")
+    nofp = [t for t in run_tags if t not in fp32]
+    if nofp: raise ValueError(f"{d40/'models.json'}: no FP32 export for tags {nofp}")
+    ds, mf = open_stage_dataset(run_dir), d40/'calibration'/'manifest.csv'
+    manifest = read_csv(mf, required=('image_id', 'group'), dtype={'image_id': str, 'group': str})
+    bad = sorted(set(manifest.group) - set(ds.groups))
+    if bad: raise ValueError(f"{mf}: groups {bad} are not the dataset's {ds.groups}")
+    calib40 = load_json(d40/'summary.json').get('calibration', {}) if (d40/'summary.json').exists() else {}
+    return dict(run_dir=run_dir, d40=d40, static=static, fp32=fp32, tags=run_tags, ds=ds, manifest=manifest, calib40=calib40,
+                out=stage_dir(run_dir, '45_fair_int8'))
+
+def fair_search(S:dict, tag:str, # `stage_inputs`, and the tag to do
+                eps:float=1.0, n_val:int=0, n_boot:int=1000, threads:int=2, batch_size:int=32, seed:int=0, progress:bool=True)->dict:
+    "Localise tag's static INT8 model on val and run the fallback; writes layer_group_sqnr.csv, heatmap.png, fallback.csv"
+    import matplotlib.pyplot as plt
+    from fairquant.core import save_figure
+    ds, d = S['ds'], S['out']/tag; d.mkdir(parents=True, exist_ok=True)
+    fpath, qpath = S['d40']/S['fp32'][tag]['file'], S['d40']/S['static'][tag]['file']
+    mf = read_onnx_meta(fpath, classes=ds.classes, groups=ds.groups); read_onnx_meta(qpath, classes=ds.classes, groups=ds.groups)
+    f, q = load_onnx(fpath), load_onnx(qpath)
+    x, y, c, ids = val_subset(ds, mf['data_config'], n_val, seed)
+    table = localise_onnx(f, q, x, c, ds.groups, batch_size, threads, progress)
+    save_csv(table, d/'layer_group_sqnr.csv')
+    ax = plot_layer_groups(table, title=f'{tag}: SQNR of each layer alone, per group (val)'); save_figure(ax.figure, d/'heatmap.png'); plt.close(ax.figure)
+    fp_pred = logits(f, x, threads).argmax(1)
+    steps, res = fallback_search(q, f, table, x, y, c, ds.groups, eps, fp_pred, threads, progress, n_boot, seed)
+    save_csv(steps, d/'fallback.csv')
+    return dict(tag=tag, dir=d, fpath=fpath, qpath=qpath, data_config=mf['data_config'], f=f, q=q, x=x, y=y, c=c, ids=ids,
+                table=table, steps=steps, res=res, fp_pred=fp_pred)
+
+def fair_variants(S:dict, R:dict, # `stage_inputs` and `fair_search`'s result (updated)
+                  eps:float=1.0, threads:int=2, progress:bool=True)->dict:
+    "Write the fallback's model and the accuracy-chosen one (same number of float layers), each checked by running its file again"
+    q, f, res, d, tag, groups = R['q'], R['f'], R['res'], R['dir'], R['tag'], S['ds'].groups
+    k = res['n_float']
+    acc_layers = accuracy_ranking(q, f, R['x'], R['y'], overall_ranking(R['table']), threads, progress)[:k] if k else []
+    src = _onnx_meta(R['qpath'])
+    files = {'int8-fair': save_variant(keep_float(q, f, res['float_layers']) if k else q, d/f'{tag}-int8-fair.onnx', src, 'int8-fair',
+                                       dict(float_layers=res['float_layers'], max_worst_group_drop_pp=eps, met=res['met'])),
+             'int8-acc': save_variant(keep_float(q, f, acc_layers) if k else q, d/f'{tag}-int8-acc.onnx', src, 'int8-acc',
+                                      dict(float_layers=acc_layers, chosen_by='overall val accuracy'))}
+    res['val_from_file'] = rerun_from_file(files['int8-fair'], R['x'], R['y'], R['c'], groups, R['fp_pred'], R['steps'].iloc[-1].to_dict(), threads)
+    R.update(files=files, acc_layers=acc_layers)
+    return R
+
+def fair_calibration(S:dict, R:dict, # `stage_inputs` and the tag's results so far (updated)
+                     calib_compare:bool=True, compare_strategy:str='random', min_calib_images:int=4, clip_ratio:float=3.0,
+                     min_clip:float=0.01, n_boot:int=1000, threads:int=2, batch_size:int=32, seed:int=0)->dict:
+    "Calibration check of 40's model and (calib_compare) the comparison calibration, on the val images in neither calibration set"
+    ds, d, tag, f, man = S['ds'], R['dir'], R['tag'], R['f'], S['manifest']
+    split = S['calib40'].get('split', 'val')
+    mix = calibration_mix(man, ds, split)
+    clip, msgs = check_calibration(f, R['q'], R['x'], R['c'], R['ids'], ds.groups, mix, man.image_id, min_calib_images, clip_ratio, min_clip, batch_size, threads)
+    checks, warns, sets = [clip.assign(model=f'{tag}-int8-static')], [f'{tag}: {m}' for m in msgs], [man.image_id]
+    if calib_compare:
+        rpath = d/f'{tag}-int8-random.onnx'
+        rr, rman = requantize(R['fpath'], rpath, read_onnx_meta(R['qpath'])['quantization'], ds, R['data_config'],
+                              int(S['calib40'].get('n') or len(man)), compare_strategy, split, seed)
+        save_csv(rman[['image_id', 'label', 'group', 'split']], d/'calibration_random.csv')
+        save_variant(load_onnx(rpath), rpath, _onnx_meta(R['qpath']), 'int8-random',
+                     dict(rr, calibration=dict(strategy=compare_strategy, n=len(rman), split=split, seed=seed)))
+        R['files']['int8-random'] = rpath
+        rclip, rmsgs = check_calibration(f, load_onnx(rpath), R['x'], R['c'], R['ids'], ds.groups, calibration_mix(rman, ds, split),
+                                         rman.image_id, min_calib_images, clip_ratio, min_clip, batch_size, threads)
+        checks.append(rclip.assign(model=f'{tag}-int8-random')); warns += [f'{tag} ({compare_strategy} calibration): {m}' for m in rmsgs]
+        sets.append(rman.image_id)
+        keep = held_out(R['ids'], *sets)
+        if keep.any():
+            correct = {k: logits(p, R['x'][keep], threads).argmax(1) == R['y'][keep] for k, p in (('fp32', R['fpath']), ('int8-static', R['qpath']), ('int8-random', rpath))}
+            cmp = compare_calibrations(correct, R['c'][keep], ds.groups, n_boot, seed).assign(tag=tag)
+            save_csv(cmp.assign(run=[run_name(tag, m) for m in cmp.model]), d/'calibration_compare.csv')
+        else:
+            (d/'calibration_compare.csv').unlink(missing_ok=True)
+            warns.append(f"{tag}: every val image here is a calibration image of one of the two sets: the calibration comparison was not made")
+    save_csv(pd.concat(checks), d/'calibration_check.csv')
+    n = np.bincount(R['c'][held_out(R['ids'], *sets)], minlength=len(ds.groups))
+    R.update(calibration_warnings=warns, calibration_held_out=dict(zip(ds.groups, n.tolist())))
+    return R
+
+# %% ../nbs/45_fair_int8.ipynb #f67abefc
+def _drop_cols(d:dict, prefix:str='')->dict:
+    "The columns of a `paired_drop` result in the closing table"
+    keys = ('worst_group', 'worst_group_drop_pp', 'worst_group_drop_pp_lo', 'worst_group_drop_pp_hi', 'mde_pp', 'resolution_pp')
+    return {f'{prefix}{"drop_group" if k == "worst_group" else k}': (d or {}).get(k) for k in keys}
+
+def fair_report(S:dict, R:dict, # `stage_inputs` and the tag's results
+                eps:float=1.0, n_test:int=0, n_boot:int=1000, threads:int=2, batch_size:int=32, seed:int=0)->tuple:
+    "Size, speed, and every variant's numbers on val and its worst-group drop on test; writes fallback.json; (models.json rows, closing rows)"
+    from fairquant.onnx_int8 import time_sessions
+    ds, tag, res, groups = S['ds'], R['tag'], R['res'], S['ds'].groups
+    paths = {'fp32': R['fpath'], 'int8-static': R['qpath'], **R['files']}
+    sess = {k: session(p, threads) for k, p in paths.items()}
+    sec = time_sessions(sess, np.ascontiguousarray(R['x'][:batch_size]), repeats=5)
+    # the test split: reported beside the val numbers, never used to choose
+    xt, yt, ct, _ = val_subset(ds, R['data_config'], n_test, seed, split='test')
+    pred = {k: logits(p, R['x'], threads).argmax(1) for k, p in paths.items()}
+    tpred = {k: logits(p, xt, threads).argmax(1) for k, p in paths.items()}
+    test = {k: paired_drop(tpred[k], tpred['fp32'], yt, ct, groups, n_boot, seed) for k in paths if k != 'fp32'}
+    acc = dict(group_drop(pred['int8-acc'], pred['fp32'], R['y'], R['c'], groups), float_layers=R['acc_layers'],
+               drop_interval=paired_drop(pred['int8-acc'], pred['fp32'], R['y'], R['c'], groups, n_boot, seed), test_drop=test['int8-acc'])
+    out = dict({k: v for k, v in res.items() if k != 'float_layers'}, tag=tag, chosen_layers=res['float_layers'], test_drop=test['int8-fair'], n_val=len(R['x']), n_test=len(xt),
+               val_images_per_group=dict(zip(groups, np.bincount(R['c'], minlength=len(groups)).tolist())),
+               size_bytes={k: p.stat().st_size for k, p in paths.items()}, ms_per_image={k: 1000*v/min(batch_size, len(R['x'])) for k, v in sec.items()},
+               acc_variant=acc, calibration_warnings=R['calibration_warnings'], calibration_held_out_images=R['calibration_held_out'])   # val images per group in no calibration set
+    save_json(out, R['dir']/'fallback.json')
+    close = []
+    for k, p in pred.items():
+        m, ci = group_metrics(R['y'], p, R['c'], ds.classes, groups), run_intervals(p == R['y'], R['c'], groups, n_boot, seed)
+        d = {} if k == 'fp32' else paired_drop(p, pred['fp32'], R['y'], R['c'], groups, n_boot, seed)
+        close.append(dict(model=tag, variant=k, float_layers={'int8-fair': res['n_float'], 'int8-acc': len(R['acc_layers'])}.get(k, '' if k == 'fp32' else 0),
+                          size_mb=out['size_bytes'][k]/2**20, ms_per_image=out['ms_per_image'][k], val_acc=m['acc'], val_acc_lo=ci['acc_lo'], val_acc_hi=ci['acc_hi'],
+                          val_worst_group=m['worst_group'], val_worst_group_acc=m['worst_group_acc'], val_worst_group_acc_lo=ci['worst_group_acc_lo'],
+                          val_worst_group_acc_hi=ci['worst_group_acc_hi'], **_drop_cols(d), **_drop_cols(test.get(k), 'test_')))
+    rows = [dict(run=f'{tag}-{prec}', tag=tag, precision=prec, file=p.relative_to(S['out']).as_posix(), baseline=run_name(tag, 'fp32'),
+                 source_checkpoint=S['static'][tag]['source_checkpoint'], size_bytes=p.stat().st_size, options=json.loads(_onnx_meta(p)['quantization']))
+            for prec, p in R['files'].items()]
+    return rows, close
+
+def run_fair_int8(run_dir, # run folder: reads 00_datasets/, 10_finetune_vit_swin/, 40_onnx_int8/; writes 45_fair_int8/
+                  tags:Sequence[str]=None, # model tags (40's models.json; None: every tag with a static INT8 model)
+                  max_worst_group_drop_pp:float=1.0, # ε: the largest val accuracy drop against FP32 allowed for any group (points)
+                  n_val:int=0, n_test:int=0, # val images searched on, test images reported on (0: all)
+                  calib_compare:bool=True, compare_strategy:str='random', # also calibrate on this selection and compare with 40's
+                  min_calib_images:int=4, clip_ratio:float=3.0, min_clip:float=0.01, # the calibration check's thresholds
+                  n_boot:int=1000, threads:int=2, batch_size:int=32, seed:int=0, progress:bool=True)->dict: # the summary, as written to summary.json
+    "Run stage 45 on a run folder: per tag, localisation, the fallback (checked from its file, with its test drop), the calibration check and comparison"
+    eps = max_worst_group_drop_pp
+    if not eps >= 0: raise ValueError(f"max_worst_group_drop_pp={eps}: must be ≥ 0 (points)")
+    if n_boot < 1: raise ValueError(f"n_boot={n_boot}: the intervals need at least one bootstrap resample")
+    S = stage_inputs(run_dir, tags); out = S['out']
+    save_csv(calibration_mix(S['manifest'], S['ds'], S['calib40'].get('split', 'val')).reset_index(), out/'calibration_mix.csv')
+    rows45, close, warns, met, res = [], [], [], {}, {}
+    for tag in tqdm(S['tags'], desc='models', disable=not progress):
+        R = fair_search(S, tag, eps, n_val, n_boot, threads, batch_size, seed, progress)
+        fair_variants(S, R, eps, threads, progress)
+        fair_calibration(S, R, calib_compare, compare_strategy, min_calib_images, clip_ratio, min_clip, n_boot, threads, batch_size, seed)
+        r, c = fair_report(S, R, eps, n_test, n_boot, threads, batch_size, seed)
+        rows45 += r; close += c; warns += R['calibration_warnings']; met[tag] = R['res']['met']
+        res[tag] = {k: R['res'][k] for k in ('resolution_pp', 'smallest_group', 'n_smallest', 'eps_below_resolution')}
+    save_json(dict(models=rows45), out/'models.json')
+    save_csv(pd.DataFrame(close), out/'summary.csv')
+    summary = dict(run_dir=str(S['run_dir']), tags=S['tags'], max_worst_group_drop_pp=eps, n_val=n_val, n_test=n_test, models=[r['run'] for r in rows45],
+                   met=met, resolution=res, calibration_warnings=warns, calibration_40=S['calib40'])
+    save_json(summary, out/'summary.json')
+    return summary
