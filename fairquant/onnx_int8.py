@@ -653,21 +653,26 @@ def time_sessions(sessions:dict, # {name: InferenceSession}
             if i >= warmup: t[k].append(dt)
     return {k: float(np.median(v)) for k, v in t.items()}
 
-def split_images(ds:GroupDataset, split:str, data_config:dict, n:int=None)->np.ndarray:
-    "The first `n` (default all) images of a split, preprocessed as `data_config` says, as float32 (N, 3, H, W)"
+def split_images(ds:GroupDataset, split:str, data_config:dict, n:int=None,
+                 pos:Sequence[int]=None)->np.ndarray: # positions in the split to take instead of the first n
+    "The first `n` (default all) images of a split, or those at `pos`, preprocessed as `data_config` says, as float32 (N, 3, H, W)"
     tds = ds.torch_dataset(split, build_transform(data_config))
-    return np.stack([tds[i][0].numpy() for i in range(min(n or len(tds), len(tds)))]).astype(np.float32)
+    idx = range(min(n or len(tds), len(tds))) if pos is None else pos
+    return np.stack([tds[int(i)][0].numpy() for i in idx]).astype(np.float32)
 
 def compare_models(stage, # the 40_onnx_int8 folder with models.json
                    ds:GroupDataset, split:str='test', # the images to compare on, preprocessed per model (its metadata)
-                   threads:int=2, batch_size:int=32, repeats:int=3)->pd.DataFrame:
+                   threads:int=2, batch_size:int=32, repeats:int=3,
+                   n:int=0, seed:int=0)->pd.DataFrame: # 0: the whole split; else a seeded subset of n images
     "Per model: agreement with its tag's FP32 export, `fairquant.metrics` numbers (accuracy, worst group, gaps, per group), size and latency on `split`"
     idx, stage, t = load_json(Path(stage)/'models.json')['models'], Path(stage), ds.split(split)
+    pos = np.sort(np.random.default_rng(seed).choice(len(t), n, replace=False)) if n and n < len(t) else np.arange(len(t))
+    t = t.iloc[pos]
     sess, xs, cache = {}, {}, {}
     for r in idx:
         dc = read_onnx_meta(stage/r['file'], classes=ds.classes, groups=ds.groups)['data_config']
         key = json.dumps(dc, sort_keys=True)
-        if key not in cache: cache[key] = split_images(ds, split, dc)
+        if key not in cache: cache[key] = split_images(ds, split, dc, pos=pos)
         sess[r['run']], xs[r['run']] = load_session(stage/r['file'], threads), cache[key]
     pred = {k: run_onnx(s, xs[k], batch_size).argmax(1) for k, s in sess.items()}
     sec = time_sessions(sess, {k: np.ascontiguousarray(x[:batch_size]) for k, x in xs.items()}, repeats)
@@ -709,7 +714,8 @@ def run_onnx_stage(run_dir, # run folder: reads 00_datasets/ and 10_finetune_vit
                    onnx_export_dir=None, int8_export_dir=None, # also copy the FP32 / INT8 files here
                    mixed=None, # the stage-30 runs to export too (`fairquant.mixed_onnx.mixed_export`); None: none
                    threads:int=2, # onnxruntime intra-op threads for the latency column
-                   seed:int=0, # seeds the calibration draw
+                   seed:int=0, # seeds the calibration draw (and the comparison subset)
+                   compare_n:int=0, # test images in the comparison table (0: all; else a seeded subset)
                    progress:bool=True)->dict: # dict(models, table, calibration, figure, summary)
     "Run stage 40 on a run folder: FP32 and INT8 ONNX of each checkpoint (and `mixed`'s files), models.json, comparison, summary.json"
     run_dir = Path(run_dir)
@@ -742,16 +748,18 @@ def run_onnx_stage(run_dir, # run folder: reads 00_datasets/ and 10_finetune_vit
         dest = onnx_export_dir if r['precision'] == 'fp32' else int8_export_dir
         if dest:
             with atomic_path(Path(dest)/Path(r['file']).name) as t: shutil.copyfile(out/r['file'], t)
-    table = compare_models(out, ds, 'test', threads)
+    table = compare_models(out, ds, 'test', threads, n=compare_n, seed=seed)
     save_csv(table, out/'comparison.csv')
+    n_cmp = compare_n if 0 < compare_n < len(ds.split('test')) else len(ds.split('test'))
     ax = plot_group_acc(pd.DataFrame([dict(run=r['run'], group=g, acc=r[f'acc[{g}]']) for r in table.to_dict('records') for g in ds.groups]),
-                        title=f'accuracy per group, FP32 and INT8 ({len(ds.split("test"))} test images)')
+                        title=f'accuracy per group, FP32 and INT8 ({n_cmp} test images)')
     fig = save_figure(ax.figure, out/'group_accuracy.png'); plt.close(ax.figure)
     summary = dict(run_dir=str(run_dir), models=[r['run'] for r in rows + mrows],
                    calibration=dict(root=str(calib_root), folder=str(calib_dir) if calib_dir else None, split=calib_split, n=calib_n,
                                     strategy=calib_strategy, seed=seed),
                    options=qopts, opset=opset, mixed=dict(mixed.info if mixed is not None else dict(configs=[], modes=[]), runs=[r['run'] for r in mrows]),
-                   exported=dict(onnx=onnx_export_dir, int8=int8_export_dir), agreement={r.run: r.agree_fp32 for r in table.itertuples()},
+                   exported=dict(onnx=onnx_export_dir, int8=int8_export_dir), compared_on=dict(split='test', n=n_cmp),
+                   agreement={r.run: r.agree_fp32 for r in table.itertuples()},
                    figure=fig.name, git_commit=git_commit(), onnxruntime=ort.__version__)
     save_json(summary, out/'summary.json')
     return dict(models=rows + mrows, table=table, calibration=mix, figure=fig, summary=summary)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .core import (scratch_dir, Registry, atomic_path, save_json, load_json, save_csv, read_csv, stage_dir, require_stage,
                             rank_classes, predictions_table, save_predictions, PRED_COLUMNS, git_commit, file_sha256)
 from .datasets import GroupDataset, ImageGroupDataset, build_transform, open_stage_dataset, dataset_identity
-from .finetune import load_checkpoint, checkpoint_paths, CHECKPOINT_FORMAT
+from .finetune import load_checkpoint, checkpoint_paths, CHECKPOINT_FORMAT, CachedDataset, CACHE_LIMIT
 from .mixed_precision import QUANT_FORMAT, read_runs, load_quantized_checkpoint
 from .onnx_int8 import read_onnx_meta, load_session, onnx_avg_bits, weight_count
 from .mixed_onnx import mixed_run_summary, mixed_baseline
@@ -27,8 +27,8 @@ from .metrics import group_metrics, table_metrics
 # %% auto #0
 __all__ = ['MODEL_KINDS', 'ENTRY_METRICS', 'softmax64', 'Predictor', 'guess_kind', 'load_predictor', 'checkpoint_predictor',
            'onnx_predictor', 'mixed_predictor', 'check_names', 'select_rows', 'PartialStore', 'Validation',
-           'memory_metrics', 'validate', 'copy_atomic', 'control_maker', 'find_models', 'validate_runs', 'record_runs',
-           'group_table', 'group_rows', 'validation_baselines']
+           'memory_metrics', 'row_images', 'validate', 'copy_atomic', 'control_maker', 'find_models', 'validate_runs',
+           'record_runs', 'group_table', 'group_rows', 'validation_baselines']
 
 # %% ../nbs/50_validation.ipynb #daa7f3b7
 def softmax64(logits)->np.ndarray:
@@ -230,6 +230,19 @@ def _run_chunks(pred:Predictor, tds, sizes:list, batch_size:int, store, workers:
     bar.close()
     return np.concatenate(parts)
 
+_DECODED = {}   # the last split decoded: (dataset hash, image ids, data_config) -> its images in memory
+
+def row_images(rows:pd.DataFrame, # the rows to validate (`select_rows`)
+                 ds:GroupDataset, data_config:dict)->torch.utils.data.Dataset: # preprocessing of the model
+    "The rows' images preprocessed as `data_config` says; the last split stays decoded in memory (within `CACHE_LIMIT`), so the models of one folder decode it once"
+    key = (dataset_identity(ds)['table_sha1'], hashlib.sha1('\n'.join(rows.image_id.astype(str)).encode()).hexdigest(), json.dumps(data_config, sort_keys=True))
+    if key in _DECODED: return _DECODED[key]
+    tds = ImageGroupDataset(rows, ds.root, build_transform(data_config))
+    x = tds[0][0] if len(tds) else None
+    if x is None or x.numel()*x.element_size()*len(tds) > CACHE_LIMIT: return tds
+    _DECODED.clear(); _DECODED[key] = CachedDataset(tds)
+    return _DECODED[key]
+
 def validate(model, # a `Predictor`, or a model file for `load_predictor`
              ds:GroupDataset, # the dataset (names are checked against the model's)
              split:str='test', # the split to run on
@@ -246,7 +259,7 @@ def validate(model, # a `Predictor`, or a model file for `load_predictor`
     pred = model if isinstance(model, Predictor) else load_predictor(model, **load_kw)
     check_names(pred, ds)
     rows = select_rows(ds, split, n, seed)
-    tds = ImageGroupDataset(rows, ds.root, build_transform(pred.data_config))
+    tds = row_images(rows, ds, pred.data_config)
     per = batch_size * chunk_batches
     sizes = [min(per, len(rows) - s) for s in range(0, len(rows), per)]
     ids = rows.image_id.astype(str).tolist()
