@@ -47,7 +47,7 @@ configs: [fp32, fp32_ft, uniform4, uniform4_qat, fq_qat, fq_qat_blind, fq_baq, f
 budgets: [4]
 seeds: [0]
 params:
-  10_finetune_vit_swin: {epochs: 30, patience: 5, select: worst_group, batch_size: 64, n_train: 0, n_val: 0}
+  10_finetune_vit_swin: {epochs: 20, patience: 8, select: worst_group, batch_size: 64, n_train: 0, n_val: 0}
   20_importance: {n_batches: 8, batch_size: 64}
   30_mixed_precision: {epochs: 1, batch_size: 64, n_train: 0, n_val: 0}
   40_onnx_int8: {calib_n: 200, n_check: 64, compare_n: 500}
@@ -673,8 +673,8 @@ CONTRASTS = [   # (configuration, compared with, what the difference isolates)
     ('int8_fair', 'int8_static', 'the fairness-targeted float fallback vs plain static INT8'),
 ]
 VERDICT_COLUMNS = ['kind', 'dataset', 'model', 'budget', 'config', 'versus', 'what', 'n_seeds', 'n_worst', 'bits', 'bits_versus',
-                   'worst_group_acc', 'd_worst_group_acc_pp', 'lo', 'hi', 'ci', 'img_lo', 'img_hi', 'mde_pp', 'd_acc_pp', 'd_gap_pp',
-                   'significant', 'sentence']
+                   'worst_group_acc', 'd_worst_group_acc_pp', 'lo', 'hi', 'ci', 'img_lo', 'img_hi', 'mde_pp', 'discordant', 'd_acc_pp',
+                   'd_gap_pp', 'significant', 'sentence']
 
 def combine_seeds(points:list, # per seed: paired_delta_draws' point dict
                   draws:list, # per seed: its draws dict
@@ -698,6 +698,8 @@ def verdict_sentence(r:dict)->str:
     tail = (f"{r['config']} at {r['bits']:.2f} bits, {r['versus']} at {r['bits_versus']:.2f}; {r['n_seeds']} seed{'s' if r['n_seeds'] > 1 else ''} × "
             f"{int(r['n_worst']):,} worst-group images, interval over {r['ci']}")
     head = f"On {r['dataset']} ({r['model']}) {where}, {r['what']}: "
+    if r['discordant'] == 0:
+        return head + f"{r['config']} and {r['versus']} give the same top-1 class on every worst-group image: no difference ({tail})."
     if r['significant']:
         return head + f"{r['config']}'s worst group is {r['d_worst_group_acc_pp']:+.1f} pp [{r['lo']:+.1f}, {r['hi']:+.1f}] against {r['versus']} ({tail})."
     return head + (f"{r['config']} and {r['versus']} do not differ on the worst group beyond noise, {r['d_worst_group_acc_pp']:+.1f} pp "
@@ -736,7 +738,7 @@ def verdict_table(plan:Plan, summary:pd.DataFrame, read, # read(cell) -> CellDat
                          n_worst=float(np.mean([p['n_worst'] for p in pts])), bits=bits(ds, m, a, bud),
                          bits_versus=bits(ds, m, b, bb), worst_group_acc=float(np.mean(wg)),
                          d_worst_group_acc_pp=c['estimate'], lo=c['lo'], hi=c['hi'], ci=c['ci'], img_lo=c['img_lo'], img_hi=c['img_hi'],
-                         mde_pp=c['mde_pp'], d_acc_pp=float(np.mean([p['d_acc_pp'] for p in pts])),
+                         mde_pp=c['mde_pp'], discordant=int(sum(p['discordant_worst'] for p in pts)), d_acc_pp=float(np.mean([p['d_acc_pp'] for p in pts])),
                          d_gap_pp=float(np.mean([p['d_gap_pp'] for p in pts])), significant=bool(c['lo'] > 0 or c['hi'] < 0))
                 rows.append(dict(r, sentence=verdict_sentence(r)))
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
