@@ -21,7 +21,7 @@ from .metrics import boot_group_acc, confusion_by_group, percentile_ci, worst_be
 
 # %% auto #0
 __all__ = ['PCT', 'SUMMARY_COLS', 'STUDY_CLASSES', 'FAIRFACE_RACES', 'EXAMPLE_FILES', 'EXAMPLE_BASELINE', 'read_table',
-           'parse_lists', 'to_names', 'read_preds', 'pair_runs', 'resolve_paths', 'group_is_label', 'read_runs',
+           'parse_lists', 'to_names', 'read_preds', 'pair_runs', 'resolve_paths', 'group_is_label', 'read_run_csvs',
            'cells', 'metric_frame', 'class_metrics', 'per_group', 'per_run', 'summarise', 'fairness_table',
            'fairness_gaps', 'resolve_baseline', 'mcnemar_exact', 'compare_runs', 'bootstrap_cis', 'BiasReport',
            'analyse', 'plot_overall', 'plot_group_acc', 'plot_group_delta', 'plot_gaps', 'plot_confusion', 'save_plots',
@@ -226,7 +226,7 @@ def _categorise(long:pd.DataFrame, runs:list, class_names)->pd.DataFrame:
     long['group'], long['run'] = pd.Categorical(long.group, categories=groups), pd.Categorical(long.run, categories=runs)
     return long
 
-def read_runs(csv_paths,              # list of per-image CSVs (or globs), or one glob
+def read_run_csvs(csv_paths,              # list of per-image CSVs (or globs), or one glob
               run_names:list=None,     # one name per file; default: file stems
               class_names:list=None,   # ordered class names (needed for integer labels)
               pair_by:str=None,        # 'image_id' (default when files have it) or 'position' (explicit, files without ids)
@@ -265,7 +265,7 @@ def cells(long:pd.DataFrame)->pd.DataFrame:
     "Images collapsed to distinct (run, group, true label, top-1, top-5 hit) cells with count `w` and summed probability `psum`"
     return long.groupby(['run', 'group', 'true_label', 'pred', 'top5_hit'], observed=True).prob.agg(w='size', psum='sum').reset_index()
 
-def metric_frame(long:pd.DataFrame, # long table from `read_runs`
+def metric_frame(long:pd.DataFrame, # long table from `read_run_csvs`
                 )->MetricFrame:
     "fairlearn `MetricFrame` of the per-image metrics (on weighted cells): sensitive feature `group`, control feature `run`"
     c = cells(long)
@@ -290,7 +290,7 @@ def class_metrics(long:pd.DataFrame)->pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 # %% ../nbs/60_bias_analysis.ipynb #96d60a3f
-def per_group(long:pd.DataFrame,     # long table from `read_runs`
+def per_group(long:pd.DataFrame,     # long table from `read_run_csvs`
               mf:MetricFrame=None,   # its `metric_frame`, if already computed
               cm:pd.DataFrame=None,  # its `class_metrics`, if already computed
              )->pd.DataFrame:
@@ -353,7 +353,7 @@ def fairness_table(long:pd.DataFrame)->pd.DataFrame:
         per_run.append(fqm.fairness_table(cm, classes).assign(run=str(run))[['run', 'positive', 'dp_pp', 'eo_pp', 'eodds_pp']])
     return pd.concat([t.iloc[:-1] for t in per_run] + [t.iloc[-1:] for t in per_run], ignore_index=True)   # every run's classes, then every run's mean
 
-def fairness_gaps(long:pd.DataFrame, # long table from `read_runs`
+def fairness_gaps(long:pd.DataFrame, # long table from `read_run_csvs`
                   positive:str,      # the positive class (one-vs-rest)
                  )->pd.DataFrame:
     "Per run, one-vs-rest for `positive`: demographic parity, equal opportunity and equalized odds gaps across groups (pp)"
@@ -399,7 +399,7 @@ def _paired_stats(d:pd.DataFrame)->pd.Series:
     return pd.Series(dict(delta_pp=100*d.delta.mean(), flip_rate=100*d.flip.mean(), flip_c2w=100*b/n, flip_w2c=100*c/n,
                           n_c2w=b, n_w2c=c, mcnemar_p=mcnemar_exact(b, c)))
 
-def compare_runs(long:pd.DataFrame, # long table from `read_runs`
+def compare_runs(long:pd.DataFrame, # long table from `read_run_csvs`
                  pairs:dict,        # {run: baseline run}
                  by_group:bool=True, # one row per run × group (else one per run)
                 )->pd.DataFrame:
@@ -423,7 +423,7 @@ def _wide(long:pd.DataFrame)->tuple:
     codes = long[long.run == runs[0]].sort_values('image').group.cat.codes.to_numpy()
     return W.to_numpy(bool).T, codes, runs
 
-def bootstrap_cis(long:pd.DataFrame, # long table from `read_runs`
+def bootstrap_cis(long:pd.DataFrame, # long table from `read_run_csvs`
                   pairs:dict,        # {run: baseline run}
                   n_boot:int=1000,   # resamples
                   seed:int=0,        # seeds the resampling
@@ -474,7 +474,7 @@ def _int_counts(df):
     for c in ('n_c2w', 'n_w2c'): df[c] = df[c].astype('Int64')
     return df
 
-def analyse(long:pd.DataFrame,    # long table from `read_runs`
+def analyse(long:pd.DataFrame,    # long table from `read_run_csvs`
             baseline=None,        # None, a run name, or {run: baseline run}
             n_boot:int=1000,      # bootstrap resamples (0: no intervals)
             seed:int=0,           # seeds the bootstrap
@@ -612,7 +612,7 @@ def relabel_map(written:list, # the names a model's outputs were written with, i
     if len(written) != len(real) or len(set(written)) != len(written): raise ValueError(f"need two equally long lists of distinct names, got {written} and {real}")
     return dict(zip(written, real))
 
-def relabel(long:pd.DataFrame, # long table from `read_runs`
+def relabel(long:pd.DataFrame, # long table from `read_run_csvs`
             mapping:dict,      # old class name -> new class name (a permutation)
            )->pd.DataFrame:
     "The long table with class names (and groups, where they are the classes) renamed through `mapping`"
@@ -634,7 +634,7 @@ def study_example(study_dir, # the folder of the study's four CSVs (../shared/re
                   n_boot:int=1000, seed:int=0, # bootstrap resamples and seed
                   positive:str=None)->tuple: # positive class (the study's name) for the fairness gaps; None: the first
     "(report in the study's names, report in the dataset's real race names) of the FairFace study, each INT8 run against its FP32 run"
-    long = read_runs([Path(study_dir)/f for f in EXAMPLE_FILES.values()], list(EXAMPLE_FILES), STUDY_CLASSES, pair_by='position')
+    long = read_run_csvs([Path(study_dir)/f for f in EXAMPLE_FILES.values()], list(EXAMPLE_FILES), STUDY_CLASSES, pair_by='position')
     to_real = relabel_map(STUDY_CLASSES, FAIRFACE_RACES)
     return (analyse(long, EXAMPLE_BASELINE, n_boot=n_boot, seed=seed, positive=positive),
             analyse(relabel(long, to_real), EXAMPLE_BASELINE, n_boot=n_boot, seed=seed, positive=to_real[positive] if positive else None))

@@ -43,7 +43,7 @@ from fairquant.finetune import load_checkpoint, train_cli, example_run, checkpoi
 from fairquant.metrics import group_metrics
 from fairquant import importance as imp
 from fairquant import mixed_precision as mp
-from fairquant.bias import read_runs, read_preds, analyse
+from fairquant.bias import read_run_csvs, read_preds, analyse
 
 # --------------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope='module')
@@ -426,35 +426,35 @@ PRED_CASES = {
 def test_pred_csv(tmp_path, case):
     cols, frags = PRED_CASES[case]
     p = _pred_csv(tmp_path, **cols)
-    _check(lambda: read_runs([p], ['m'], ['a', 'b', 'c']), ValueError, str(p), *frags)
+    _check(lambda: read_run_csvs([p], ['m'], ['a', 'b', 'c']), ValueError, str(p), *frags)
 
 def test_pred_csv_header_only(tmp_path):
     p = _pred_csv(tmp_path); p.write_text(p.read_text().splitlines()[0] + '\n')
-    _check(lambda: read_runs([p], ['m'], ['a', 'b', 'c']), ValueError, str(p), "has a header but no rows")
+    _check(lambda: read_run_csvs([p], ['m'], ['a', 'b', 'c']), ValueError, str(p), "has a header but no rows")
 
 def test_pred_csv_ids_differ_across_paired_runs(tmp_path):
     a = _pred_csv(tmp_path, 'a.csv'); b = _pred_csv(tmp_path, 'b.csv', image_id=['i0', 'i1', 'i2', 'i3', 'i4', 'j5'])
-    _check(lambda: read_runs([a, b], None, ['a', 'b', 'c']), ValueError, str(a), str(b), "different images", "['i5']", "['j5']")
+    _check(lambda: read_run_csvs([a, b], None, ['a', 'b', 'c']), ValueError, str(a), str(b), "different images", "['i5']", "['j5']")
 
 def test_pred_csv_ids_in_some_files_only(tmp_path):
     "Issue item 2: ids in one file, not in the other: never paired by position silently"
     a = _pred_csv(tmp_path, 'a.csv'); b = _pred_csv(tmp_path, 'b.csv', image_id=None)
-    _check(lambda: read_runs([a, b], None, ['a', 'b', 'c']), ValueError, "image_id is in", str(a), "but not in", str(b))
-    _check(lambda: read_runs([a, b], None, ['a', 'b', 'c'], pair_by='position'), ValueError, "image_id is in", "cannot pair these runs by image")
+    _check(lambda: read_run_csvs([a, b], None, ['a', 'b', 'c']), ValueError, "image_id is in", str(a), "but not in", str(b))
+    _check(lambda: read_run_csvs([a, b], None, ['a', 'b', 'c'], pair_by='position'), ValueError, "image_id is in", "cannot pair these runs by image")
 
 def test_pred_csv_digit_class_names(tmp_path):
     "Issue item 1: integers that could be indices or names are refused unless the user says which"
     pd.DataFrame(dict(image_id=['i0', 'i1'], true_label=[1, 2], top1_prob=.9, top5_preds=["['1','3']", "['2','3']"])).to_csv(tmp_path/'p.csv', index=False)
-    _check(lambda: read_runs([tmp_path/'p.csv'], ['m'], ['1', '2', '3']), ValueError, str(tmp_path/'p.csv'), "column 'true_label'",
+    _check(lambda: read_run_csvs([tmp_path/'p.csv'], ['m'], ['1', '2', '3']), ValueError, str(tmp_path/'p.csv'), "column 'true_label'",
            "holds integers", "pass int_labels='index' or int_labels='name'")
-    assert analyse(read_runs([tmp_path/'p.csv'], ['m'], ['1', '2', '3'], int_labels='name'), n_boot=0).summary.top1.iloc[0] == 100.0
+    assert analyse(read_run_csvs([tmp_path/'p.csv'], ['m'], ['1', '2', '3'], int_labels='name'), n_boot=0).summary.top1.iloc[0] == 100.0
 
 def test_pred_csv_run_names_count(tmp_path):
     p = _pred_csv(tmp_path)
-    _check(lambda: read_runs([p], ['m', 'n'], ['a', 'b', 'c']), ValueError, "run_names has 2 name(s) for 1 file(s)")
+    _check(lambda: read_run_csvs([p], ['m', 'n'], ['a', 'b', 'c']), ValueError, "run_names has 2 name(s) for 1 file(s)")
 
 def test_pred_csv_glob_matches_nothing(tmp_path):
-    _check(lambda: read_runs(str(tmp_path/'*.csv')), FileNotFoundError, "csv_paths", "matches no file")
+    _check(lambda: read_run_csvs(str(tmp_path/'*.csv')), FileNotFoundError, "csv_paths", "matches no file")
 
 # --------------------------------------------------------------------------------------------------- CLI arguments
 def _run_cli(monkeypatch, capsys, *args):
