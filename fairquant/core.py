@@ -12,8 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'STAGE_HEADING', 'Registry', 'clean_stale_temps',
-           'atomic_path', 'scratch_dir', 'atomic_dir', 'temp_dir_beside', 'save_json', 'load_json', 'save_csv',
-           'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header', 'read_safetensors',
+           'atomic_path', 'scratch_dir', 'replace_dir', 'atomic_dir', 'temp_dir_beside', 'save_json', 'load_json',
+           'save_csv', 'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header', 'read_safetensors',
            'write_safetensors', 'file_sha256', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes',
            'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir',
            'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline', 'cell_directives', 'stage_cells',
@@ -100,15 +100,29 @@ def scratch_dir(prefix:str='fq_', # the folder name's start
 def _umask()->int:
     m = os.umask(0); os.umask(m); return m
 
+def replace_dir(tmp, # a finished folder beside `dest`
+                dest): # the folder it replaces (may not exist yet)
+    "Swap the finished folder `tmp` onto `dest`: the old `dest` stays in place until the new one is complete, then goes"
+    tmp, dest = Path(tmp), Path(dest)
+    old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dest), suffix='.old.tmp', dir=dest.parent)) if dest.exists() else None
+    if old is not None: os.replace(dest, old)          # an empty folder is replaced atomically by the old one
+    try: os.replace(tmp, dest)
+    except BaseException:
+        if old is not None and not dest.exists(): os.replace(old, dest)   # put the old result back
+        raise
+    if old is not None: shutil.rmtree(old, ignore_errors=True)
+
 @contextlib.contextmanager
-def atomic_dir(path, # final folder name (must not exist, or exist from a concurrent finisher)
+def atomic_dir(path, # final folder name
+               replace:bool=False, # True: replace an existing `path` once the new one is complete (its owner's call to make)
               ):
-    "Yield a temporary folder beside `path`; on success rename it to `path`, keeping a `path` another process made first"
+    "Yield a temporary folder beside `path`; on success rename it to `path` (replacing an older one with `replace`, else keeping a `path` another process made first)"
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); clean_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700 folders
+        if replace: replace_dir(tmp, path); return
         try: os.replace(tmp, path)
         except OSError:
             if not path.is_dir(): raise    # not a concurrent finisher: a real error

@@ -24,11 +24,11 @@ __all__ = ['SPLITS', 'REQUIRED_COLUMNS', 'DATASETS', 'register_dataset', 'SYNTH_
            'SYNTH_TINT', 'IMAGE_EXTS', 'FITZ_CSV', 'FITZ_SPLIT_FILES', 'FITZ_LEVELS', 'FITZ_GROUPINGS',
            'FITZPATRICK17K_URL', 'ISIC_GT', 'ISIC_META', 'ISIC_IMAGES', 'ISIC_GROUPS', 'FAIRFACE_ORDERS',
            'FAIRFACE_CSVS', 'FAIRFACE_CACHE', 'CELEBA_ATTR', 'CELEBA_PARTITION', 'CELEBA_IMAGES', 'GroupDataset',
-           'read_image', 'ImageGroupDataset', 'names_to_index', 'make_splits', 'find_bad_images', 'assemble_dataset',
-           'get_dataset', 'read_table', 'load_csv_dataset', 'synth_image', 'synth_images', 'make_synthetic',
-           'load_synthetic', 'find_dataset_dir', 'index_images', 'check_options', 'image_dir', 'carve_val',
-           'split_by_units', 'check_archive', 'safe_extract', 'download_file', 'placeholder_images',
-           'read_fitzpatrick17k', 'fitzpatrick_groups', 'read_split_files', 'fitzpatrick_splits',
+           'to_rgb8', 'read_image', 'ImageGroupDataset', 'names_to_index', 'sort_names', 'make_splits',
+           'find_bad_images', 'assemble_dataset', 'get_dataset', 'read_table', 'load_csv_dataset', 'synth_image',
+           'synth_images', 'make_synthetic', 'load_synthetic', 'find_dataset_dir', 'index_images', 'check_options',
+           'image_dir', 'carve_val', 'split_by_units', 'check_archive', 'safe_extract', 'download_file',
+           'placeholder_images', 'read_fitzpatrick17k', 'fitzpatrick_groups', 'read_split_files', 'fitzpatrick_splits',
            'download_fitzpatrick17k', 'load_fitzpatrick17k', 'read_isic_ground_truth', 'read_isic_metadata',
            'load_isic2019', 'read_fairface_csv', 'fairface_parquet_files', 'parquet_class_names',
            'extract_parquet_images', 'read_fairface_parquet', 'load_fairface', 'read_celeba_attrs',
@@ -69,12 +69,35 @@ class GroupDataset:
 def _to_tensor(img:Image.Image)->torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2,0,1).float().div_(255)
 
+_AS_RGB = {'1', 'L', 'P', 'RGB', 'CMYK', 'YCbCr', 'LAB', 'HSV'}   # modes PIL converts to 8-bit RGB exactly
+_ALPHA = {'RGBA', 'RGBa', 'LA', 'La', 'PA'}
+
+def to_rgb8(im:Image.Image, path)->Image.Image:
+    "An opened image as 8-bit RGB: 16-bit grey scaled (not clipped), alpha dropped only where every pixel is opaque, the rest refused"
+    if im.mode == 'P' and 'transparency' in im.info: im = im.convert('RGBA')
+    if im.mode in _AS_RGB: return im.convert('RGB')
+    if im.mode.startswith('I;16'):   # 16-bit grey: convert('RGB') would clip 98 % of a bright image to 255
+        a = np.asarray(im).astype(np.float64)
+        return Image.fromarray(np.rint(a/257).astype(np.uint8), 'L').convert('RGB')
+    if im.mode in _ALPHA:
+        alpha = np.asarray(im.getchannel(im.mode[-1]))
+        if (alpha < 255).any():
+            raise ValueError(f"{path}: {100*(alpha < 255).mean():.1f}% of its pixels are (partly) transparent (mode {im.mode}); "
+                             "what lies under them is undefined: flatten the image onto a background first")
+        return im.convert('RGB')
+    raise ValueError(f"{path}: image mode {im.mode!r} ({'32-bit integer' if im.mode == 'I' else 'floating-point' if im.mode == 'F' else 'unusual'} "
+                     "pixels) has no defined 8-bit RGB reading; convert it to 8-bit RGB or greyscale first")
+
 def read_image(path)->Image.Image:
-    "Open an image file as RGB, fully decoded; errors name the file"
+    "Open an image file as 8-bit RGB, fully decoded (`to_rgb8`); errors name the file"
     try:
-        with Image.open(path) as im: im.load(); return im.convert('RGB')
+        with Image.open(path) as im:
+            im.load(); return to_rgb8(im, path)
     except FileNotFoundError: raise FileNotFoundError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except ValueError as e:
+        if str(e).startswith(f"{path}: "): raise
+        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
 class ImageGroupDataset(torch.utils.data.Dataset):
@@ -100,8 +123,12 @@ def _rowref(df, i)->str:
     return f"row {r}" if r is not None and not pd.isna(r) else f"record {i}"
 
 def names_to_index(values:pd.Series, names:Sequence, what:str, source, df=None)->np.ndarray:
-    "Map names (or in-range integer indices) to indices in `names`; an unknown value names its row"
-    lut = {str(n): i for i, n in enumerate(names)}
+    "Map names to indices in `names` (names compared as text); an unknown value names its row, a name given twice is refused"
+    keys = [str(n) for n in names]
+    if len(set(keys)) < len(keys):
+        raise ValueError(f"{source}: {what} name(s) {sorted({k for k in keys if keys.count(k) > 1})} appear more than once in "
+                         f"{list(names)[:12]}{'…' if len(names) > 12 else ''}: each {what} needs a name of its own")
+    lut = {k: i for i, k in enumerate(keys)}
     idx = values.astype(str).map(lut)
     bad = idx.isna().to_numpy()
     if bad.any():
@@ -111,6 +138,23 @@ def names_to_index(values:pd.Series, names:Sequence, what:str, source, df=None)-
                          f"is not one of the {len(names)} expected values for {what}: {list(names)[:12]}"
                          f"{'…' if len(names) > 12 else ''} ({int(bad.sum())} such rows)")
     return idx.to_numpy().astype(int)
+
+
+_INT = re.compile(r'^[+-]?\d+$')
+
+def sort_names(values:pd.Series, what:str, source)->list:
+    "The distinct values of a column as ordered names: integers in numeric order (2 before 10), other names alphabetically"
+    u = sorted(set(values.astype(str)))
+    ints = [v for v in u if _INT.match(v)]
+    if not ints: return u
+    if len(ints) < len(u):
+        raise ValueError(f"{source}: {what} values mix integers {ints[:3]} and names {[v for v in u if not _INT.match(v)][:3]}: their order "
+                         f"would be a guess; pass {what == 'class' and 'classes' or 'groups'}=[...] in the order you mean")
+    n = {}
+    for v in ints: n.setdefault(int(v), []).append(v)
+    same = [vs for vs in n.values() if len(vs) > 1]
+    if same: raise ValueError(f"{source}: {what} values {same[0]} are the same number written two ways; write each {what} one way")
+    return sorted(ints, key=int)
 
 # %% ../nbs/00_datasets.ipynb #f273306e
 def make_splits(table:pd.DataFrame, # needs the `by` columns
@@ -213,8 +257,8 @@ def read_table(path, source=None, **kwargs)->pd.DataFrame:
 def load_csv_dataset(root, # folder that the paths are relative to
                      csv='metadata.csv', # the CSV (relative to root, or absolute)
                      path_col='path', label_col='label', group_col='group', split_col='split', id_col=None,
-                     classes:Sequence[str]=None, # class order (default: sorted distinct labels)
-                     groups:Sequence[str]=None, # group order (default: sorted distinct groups)
+                     classes:Sequence[str]=None, # class order (default: `sort_names` of the labels: integers numerically)
+                     groups:Sequence[str]=None, # group order (default: `sort_names` of the groups)
                      name='csv', **kwargs)->GroupDataset:
     "A user's own data: a CSV with path, label, group and an optional split"
     if root is None: raise ValueError("root: the csv dataset needs the folder its paths are relative to")
@@ -233,8 +277,8 @@ def load_csv_dataset(root, # folder that the paths are relative to
         if df[col].isna().any():
             i = int(np.flatnonzero(df[col].isna())[0])
             raise ValueError(f"{src}: row {df.source_row[i]}: empty {what} (column {col!r})")
-    classes = list(classes) if classes is not None else sorted(df[label_col].astype(str).unique())
-    groups = list(groups) if groups is not None else sorted(df[group_col].astype(str).unique())
+    classes = list(classes) if classes is not None else sort_names(df[label_col], 'class', src)
+    groups = list(groups) if groups is not None else sort_names(df[group_col], 'group', src)
     opts = dict(csv=str(csv), path_col=path_col, label_col=label_col, group_col=group_col, split_col=split_col,
                 id_col=id_col, classes=classes, groups=groups, **kwargs)
     return assemble_dataset(name, root, rec, classes, groups, src, opts, **kwargs)
@@ -857,9 +901,11 @@ def extract_parquet_images(path, # parquet file with an `image` struct column (b
     source = dict(size=Path(path).stat().st_size, rows=pf.metadata.num_rows)
     if (done := _extracted(dest, source)) is not None: return done
     if 'image' not in pf.schema_arrow.names: raise ValueError(f"{path}: missing column 'image' (struct of bytes, path)")
-    if dest.exists(): shutil.rmtree(dest)   # made from another version of the file
+    if dest.exists() and not (dest/'.complete.json').is_file():
+        raise ValueError(f"{path}: its images would be extracted to {dest}, which exists and was not made by FairQuant (no .complete.json); "
+                         "it is left untouched: move it away or choose another cache_dir")
     names = []
-    with atomic_dir(dest) as tmp:           # a concurrent finisher's identical folder is kept
+    with atomic_dir(dest, replace=True) as tmp:   # an extraction of another version of the file is replaced once this one is complete
         for batch in tqdm(pf.iter_batches(batch_size=512, columns=['image']), desc=f'extracting {Path(path).name}',
                           total=-(-source['rows'] // 512), leave=False, disable=source['rows'] < 2000):
             for im in batch.column(0).to_pylist():

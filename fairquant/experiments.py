@@ -24,11 +24,11 @@ from .mixed_precision import CONFIGS, read_runs
 from .onnx_int8 import weight_count
 
 # %% auto #0
-__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'TOPIC', 'SUMMARY_COLUMNS', 'SEED_METRICS', 'CONTRASTS',
-           'VERDICT_COLUMNS', 'TINY_PARAMS', 'GridConfig', 'register_grid_config', 'load_grid', 'Step', 'Cell', 'Plan',
-           'merge_config_params', 'plan_grid', 'run_step', 'merge_validations', 'step_state', 'check_grid_dir',
-           'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits', 'CellData', 'read_cell', 'paired',
-           'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table',
+__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'TOPIC', 'GRID_MARKERS', 'SUMMARY_COLUMNS', 'SEED_METRICS',
+           'CONTRASTS', 'VERDICT_COLUMNS', 'TINY_PARAMS', 'GridConfig', 'register_grid_config', 'load_grid', 'Step',
+           'Cell', 'Plan', 'merge_config_params', 'plan_grid', 'run_step', 'merge_validations', 'step_state',
+           'check_grid_dir', 'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits', 'CellData', 'read_cell',
+           'paired', 'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table',
            'convergence_warnings', 'pareto_mask', 'plot_pareto', 'plot_delta_heatmap', 'group_acc_table', 'load_plan',
            'summarize_grid', 'render_html', 'write_report', 'plan_table', 'run_grid', 'format_summary', 'grid_cli',
            'tiny_grid']
@@ -481,11 +481,17 @@ def step_state(grid_dir, step:Step)->str:
     return 'failed' if (run/'failed.json').exists() else 'todo'
 
 # %% ../nbs/70_experiments.ipynb #9e108dd6
+GRID_MARKERS = ('plan.json', 'grid.yaml', '.grid.lock')
+
 def check_grid_dir(grid_dir)->Path:
-    "The grid folder as an absolute path; a path that is a file (or lies under one) is an error"
+    "The grid folder as an absolute path: new, empty or a grid's (plan.json); a file, or a folder of other things, is an error"
     p = Path(grid_dir).expanduser().absolute()
     for q in [p, *p.parents]:
         if q.exists() and not q.is_dir(): raise NotADirectoryError(f"grid folder {p}: {q} is a file, not a folder")
+    other = sorted(x.name for x in p.iterdir() if x.name not in GRID_MARKERS) if p.is_dir() else []
+    if other and not any((p/m).is_file() for m in ('plan.json', 'grid.yaml')):
+        raise FileExistsError(f"grid folder {p}: holds {other[:5]}{' …' if len(other) > 5 else ''} but no plan.json: not a grid folder; "
+                              "a grid replaces the step folders it owns, so it only runs in a new, empty or grid folder")
     return p
 
 def connect(scheduler:str=None, # 'tcp://HOST:PORT' of a running scheduler; None: a local cluster

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #70cb6d65
 from __future__ import annotations
-import os, sys, json, math, time, random, shutil, hashlib, argparse, contextlib, dataclasses
+import os, re, sys, json, math, time, random, shutil, hashlib, argparse, contextlib, dataclasses
 from dataclasses import dataclass, field, asdict
 from functools import partial
 from pathlib import Path
@@ -28,12 +28,13 @@ import fairquant
 from . import metrics as fqm   # the one definition of per-group accuracy, worst group, gap, macro recall
 
 # %% auto #0
-__all__ = ['MODEL_PRESETS', 'TORCHVISION_MODELS', 'WEIGHT_FILES', 'CACHE_LIMIT', 'SAMPLERS', 'SELECTION', 'CHECKPOINT_FORMAT',
-           'model_spec', 'data_config', 'build_model', 'resolve_weights_file', 'read_state_dict', 'classifier_keys',
-           'load_pretrained', 'SplitData', 'CachedDataset', 'split_data', 'epoch_order', 'epoch_batches', 'Indexed',
-           'TrainConfig', 'warmup_cosine', 'get_accelerator', 'predict', 'evaluate', 'run_fingerprint', 'FitResult',
-           'fit', 'checkpoint_paths', 'save_checkpoint', 'Checkpoint', 'check_weights', 'load_checkpoint',
-           'plot_curves', 'val_group_table', 'finetune_model', 'update_index', 'train_cli', 'example_run']
+__all__ = ['MODEL_PRESETS', 'TORCHVISION_MODELS', 'WEIGHT_FILES', 'CACHE_LIMIT', 'SAMPLERS', 'SELECTION', 'STATE_FILE',
+           'CHECKPOINT_FORMAT', 'model_spec', 'data_config', 'build_model', 'resolve_weights_file', 'read_state_dict',
+           'classifier_keys', 'load_pretrained', 'SplitData', 'CachedDataset', 'split_data', 'epoch_order',
+           'epoch_batches', 'Indexed', 'TrainConfig', 'warmup_cosine', 'get_accelerator', 'predict', 'evaluate',
+           'run_fingerprint', 'FitResult', 'fit', 'checkpoint_paths', 'save_checkpoint', 'Checkpoint', 'check_weights',
+           'load_checkpoint', 'plot_curves', 'val_group_table', 'finetune_model', 'update_index', 'train_cli',
+           'example_run']
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #e4736a5d
 MODEL_PRESETS = Registry('model preset')
@@ -335,6 +336,9 @@ class TrainConfig:
         SAMPLERS.get(self.sampler); SELECTION.get(self.select)
         for k in ('epochs', 'batch_size', 'eval_batch_size'):
             if getattr(self, k) < 1: raise ValueError(f"TrainConfig.{k}={getattr(self, k)}: expected at least 1")
+        for k in ('lr', 'weight_decay', 'warmup_epochs', 'min_lr_ratio', 'label_smoothing', 'grad_clip'):
+            v = getattr(self, k)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise ValueError(f"TrainConfig.{k}={v!r}: expected a finite number >= 0")
 
 def warmup_cosine(step:int, # optimiser steps taken so far
                   warmup:int, # warm-up steps
@@ -420,6 +424,8 @@ def run_fingerprint(model:nn.Module, train:SplitData, val:SplitData, cfg:TrainCo
     return h.hexdigest()[:20]
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #34904f2b
+STATE_FILE = re.compile(r'^(state-\d+\.pt|rank\d+-\d+\.pt|best-e\d+\.safetensors)$')   # the only files resume state writes (and removes)
+
 def _save_state(d:Path, fp:str, st:_Progress, run:dict, best:dict, acc, model, opt, sched):
     "Write resumable state into `d`; the JSON written last is the commit"
     gs, r, world = st.global_step, acc.process_index, acc.num_processes
@@ -437,14 +443,14 @@ def _save_state(d:Path, fp:str, st:_Progress, run:dict, best:dict, acc, model, o
         save_json(dict(fingerprint=fp, world=world, tensors=f'state-{gs}.pt', ranks=[f'rank{k}-{gs}.pt' for k in range(world)],
                        best=f'best-e{st.best_epoch}.safetensors' if best is not None else None, progress=asdict(st)), d/'state.json')
         for f in d.iterdir():
-            if f.suffix in ('.pt', '.safetensors') and f.name not in keep: f.unlink(missing_ok=True)
+            if STATE_FILE.match(f.name) and f.name not in keep: f.unlink(missing_ok=True)
     acc.wait_for_everyone()
 
 def _clear_state(d:Path, acc):
-    "Remove another run's state files from `d` (main process), so none of them can be mistaken for ours"
+    "Remove another run's state files from `d` (main process), so none of them can be mistaken for ours; other files are left alone"
     if acc.is_main_process:
         for f in d.iterdir():
-            if f.name == 'state.json' or f.suffix in ('.pt', '.safetensors'): f.unlink(missing_ok=True)
+            if f.name == 'state.json' or STATE_FILE.match(f.name): f.unlink(missing_ok=True)
     acc.wait_for_everyone()
 
 def _load_state(d:Path, fp:str, acc, model, opt, sched):
@@ -476,6 +482,8 @@ def _train_epoch(model, opt, sched, crit, train:SplitData, cfg:TrainConfig, st:_
     for x, y, g, i in loader:
         x, y = x.to(acc.device), y.to(acc.device)
         with acc.autocast(): loss = crit(model(x), y)
+        if not torch.isfinite(loss): raise FloatingPointError(f"{desc}epoch {st.epoch+1}/{cfg.epochs}, step {st.step+1}: the training loss is "
+                                                          f"{loss.item()} (training diverged; lower lr={cfg.lr:g} or check the images)")
         acc.backward(loss)
         if cfg.grad_clip: acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step(); sched.step(); opt.zero_grad(set_to_none=True)

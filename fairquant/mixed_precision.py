@@ -475,9 +475,11 @@ def train_epochs(model:nn.Module, # changed in place
                  after_epoch:Callable=None, # called with (epoch, mean train loss) after each epoch
                  progress:bool=True, desc:str='',
                  max_steps:int=None)->list: # stop after this many optimiser steps (None: every batch of every epoch)
-    "Train with AdamW, clipping and the fairness term; returns the mean training loss of each epoch"
+    "Train with AdamW, clipping and the fairness term; returns the mean training loss of each epoch (a loss that is NaN or inf stops it with an error)"
     if len(train) == 0: raise ValueError("train_epochs: the train split has no images")
     if max_steps is not None and max_steps < 1: raise ValueError(f"train_epochs: max_steps={max_steps}; expected at least 1 (or None)")
+    for k, v in dict(lr=lr, fairness_lambda=fairness_lambda, grad_clip=grad_clip, weight_decay=weight_decay, bit_lr=bit_lr, lambda_b=lambda_b).items():
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise ValueError(f"train_epochs: {k}={v!r}; expected a finite number >= 0")
     opt = torch.optim.AdamW(_opt_groups(model, bit_params, lr, bit_lr, weight_decay))
     params = [p for g in opt.param_groups for p in g['params']]
     qs = [q for m in model.modules() if isinstance(q := quantizer(m), LearnableBits)]
@@ -490,6 +492,8 @@ def train_epochs(model:nn.Module, # changed in place
             loss = ce.mean()
             if fairness_lambda: loss = loss + fairness_lambda*fairness_term(ce, g)
             if lambda_b and qs: loss = loss + lambda_b*bit_penalty(model)
+            if not torch.isfinite(loss): raise FloatingPointError(f"{desc}epoch {e+1}/{epochs}, step {steps+1}: the training loss is {float(loss)} "
+                                                              f"(training diverged; lower lr={lr:g} or the fairness weight {fairness_lambda:g})")
             opt.zero_grad(set_to_none=True); loss.backward()
             if grad_clip: torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
@@ -934,8 +938,7 @@ def run_config(run_dir, # run folder with 00_datasets, 10_finetune_vit_swin (and
         if sp is not None and len(sp) == 0: raise ValueError(f"dataset {ds.name!r}: the {sp.name} split has no images; {cfg.name} trains on train and logs val")
     scores = load_scores(imp, cfg, model, ds.groups, unpriv, ck.meta['weights']['sha256']) if imp else None
     final = stage_dir(run_dir, '30_mixed_precision')/row['tag']/cfg.name
-    if final.exists(): shutil.rmtree(final)
-    with atomic_dir(final) as d:
+    with atomic_dir(final, replace=True) as d:   # built beside the old result, which stays until this one is complete
         log = _logger(d/'training.log')
         try:
             log.info(f"run {row['tag']}/{cfg.name}: config {asdict(cfg)} settings {asdict(s)} unprivileged {unpriv} importance {imp}")

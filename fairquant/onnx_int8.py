@@ -28,14 +28,15 @@ from .metrics import group_metrics, plot_group_acc
 
 # %% auto #0
 __all__ = ['ONNX_FORMAT', 'META_KEYS', 'PRECISIONS', 'INPUT_NAME', 'OUTPUT_NAME', 'CALIB_STRATEGIES', 'CALIB_SPLITS',
-           'MANIFEST_COLUMNS', 'QUANT_OPTIONS', 'TRANSFORMER_OPS', 'CNN_DYNAMIC_OPS', 'PRE_PROCESS_TRIES',
-           'FLOAT_WEIGHT_OPS', 'INT_WIDTHS', 'onnx_meta', 'set_onnx_meta', 'load_onnx', 'read_onnx_meta',
-           'onnx_session', 'run_onnx', 'plain_attention', 'export_onnx', 'check_onnx', 'select_calibration',
-           'extract_calibration', 'read_calibration', 'calibration_mix', 'CalibReader', 'calibration_batches',
-           'activation_matmuls', 'model_kind', 'SlowQuantWarning', 'quant_recipe', 'fold_matmul_bias', 'quiet_ort',
-           'preprocess_onnx', 'ort_kwargs', 'quantize_int8', 'optimized_graph', 'float_weight_ops', 'fold_weights',
-           'load_session', 'weight_count', 'onnx_avg_bits', 'run_name', 'convert_checkpoint', 'write_models_index',
-           'time_sessions', 'split_images', 'compare_models', 'run_onnx_stage']
+           'MANIFEST_COLUMNS', 'SELECTION_KEYS', 'QUANT_OPTIONS', 'TRANSFORMER_OPS', 'CNN_DYNAMIC_OPS',
+           'PRE_PROCESS_TRIES', 'FLOAT_WEIGHT_OPS', 'INT_WIDTHS', 'onnx_meta', 'set_onnx_meta', 'load_onnx',
+           'read_onnx_meta', 'onnx_session', 'run_onnx', 'plain_attention', 'export_onnx', 'check_onnx',
+           'select_calibration', 'is_calibration_folder', 'check_calibration_dest', 'extract_calibration',
+           'read_calibration', 'calibration_mix', 'CalibReader', 'calibration_batches', 'activation_matmuls',
+           'model_kind', 'SlowQuantWarning', 'quant_recipe', 'fold_matmul_bias', 'quiet_ort', 'preprocess_onnx',
+           'ort_kwargs', 'quantize_int8', 'optimized_graph', 'float_weight_ops', 'fold_weights', 'load_session',
+           'weight_count', 'onnx_avg_bits', 'run_name', 'convert_checkpoint', 'write_models_index', 'time_sessions',
+           'split_images', 'compare_models', 'run_onnx_stage']
 
 # %% ../nbs/40_onnx_int8.ipynb #cd8fd71f
 ONNX_FORMAT = 'fairquant-onnx/1'
@@ -238,36 +239,45 @@ def select_calibration(ds:GroupDataset, # the dataset
 # %% ../nbs/40_onnx_int8.ipynb #c284f966
 MANIFEST_COLUMNS = ('file', 'image_id', 'label', 'group')
 
-def _umask()->int:
-    m = os.umask(0); os.umask(m); return m
-
 def _slug(s)->str: return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(s)).strip('_') or 'image'
 
 def _src(ds:GroupDataset, p)->Path: return Path(p) if os.path.isabs(str(p)) else Path(ds.root)/str(p)
 
-def _replace_dir(tmp:Path, dest:Path):
-    "Move a finished folder onto `dest`, removing an older `dest` first"
-    if dest.exists():
-        old = dest.with_name(f'.{dest.name}.old-{os.getpid()}'); os.replace(dest, old); shutil.rmtree(old)
-    os.replace(tmp, dest)
+SELECTION_KEYS = ('strategy', 'split', 'n', 'seed', 'dataset')
+
+def is_calibration_folder(folder)->bool:
+    "True when `folder` is one `extract_calibration` made: manifest.csv, selection.json and only the images the manifest lists"
+    folder = Path(folder)
+    try:
+        sel = load_json(folder/'selection.json')
+        files = set(pd.read_csv(folder/'manifest.csv', usecols=['file'], dtype=str).file)
+    except (OSError, ValueError): return False
+    own = files | {'manifest.csv', 'selection.json'}
+    return isinstance(sel, dict) and set(SELECTION_KEYS) <= set(sel) and all(p.name in own for p in folder.iterdir())
+
+def check_calibration_dest(ds:GroupDataset, root, dest)->None:
+    "Refuse a calibration folder that would replace or sit inside data: `root` holding or being the dataset, `dest` inside it, or `dest` not ours"
+    r, d, data = (Path(p).resolve() for p in (root, dest, ds.root))
+    if data == r or r in data.parents or data == d or data in d.parents:
+        raise ValueError(f"calib_root {root}: the calibration folder {dest} would {'lie inside' if data in d.parents else 'replace or hold'} "
+                         f"the dataset {ds.name!r} at {ds.root}; point calib_root at a folder of its own (e.g. <run>/40_onnx_int8/calibration)")
+    if d.exists() and not is_calibration_folder(d):
+        raise ValueError(f"calib_root {root}: {dest} exists and is not a calibration folder made by FairQuant (manifest.csv, selection.json "
+                         "and the images it lists, nothing else); it is left untouched: move it away or choose another calib_root")
 
 def extract_calibration(ds:GroupDataset, root, # the dataset and the calibration root (images go to root/<dataset>/)
                         n:int=200, strategy:str='balanced', split:str='val', seed:int=0)->Path: # see `select_calibration`
-    "Copy `n` calibration images of `ds` into root/<dataset name>/ with a manifest; returns that folder"
-    sel = select_calibration(ds, n, strategy, split, seed)
+    "Copy `n` calibration images of `ds` into root/<dataset name>/ with a manifest; returns that folder (only a folder it made itself is ever replaced)"
     dest, rows = Path(root)/_slug(ds.name), []
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', dir=dest.parent))
-    try:
+    check_calibration_dest(ds, root, dest)
+    sel = select_calibration(ds, n, strategy, split, seed)
+    with atomic_dir(dest, replace=True) as tmp:
         for i, r in enumerate(sel.itertuples()):
             src = _src(ds, r.path); f = f"{i:04d}_{_slug(r.image_id)}{src.suffix.lower()}"
             shutil.copyfile(src, tmp/f)
             rows.append(dict(file=f, image_id=r.image_id, label=ds.classes[r.label], group=ds.groups[r.group], split=r.split))
         save_csv(pd.DataFrame(rows), tmp/'manifest.csv')
         save_json(dict(strategy=strategy, split=split, n=n, seed=seed, dataset=ds.identity()), tmp/'selection.json')
-        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700 folders
-        _replace_dir(tmp, dest)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 def read_calibration(folder, # a folder with manifest.csv and the images

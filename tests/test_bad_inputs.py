@@ -106,6 +106,11 @@ DATASET_CASES = {
                                      ["metadata.csv", "group(s) ['k'] have no images", "expected every group"]),
     'bad on_bad option': (dict(_kw=dict(on_bad='ignore')), ValueError, ["on_bad='ignore'", "expected 'raise' or 'skip'"]),
     'bad check option': (dict(_kw=dict(check='full')), ValueError, ["check='full'", "expected 'none', 'exists' or 'decode'"]),
+    'duplicate class names': (dict(_kw=dict(classes=['a', 'b', 'a'])), ValueError,
+                              ["metadata.csv", "class name(s) ['a'] appear more than once in ['a', 'b', 'a']"]),
+    'duplicate group names': (dict(_kw=dict(groups=['g', 'h', 'h'])), ValueError, ["metadata.csv", "group name(s) ['h'] appear more than once"]),
+    'labels mixing integers and names': (dict(label=['1', '2', '1', 'other', '1', '2']), ValueError,
+                                         ["metadata.csv", "class values mix integers ['1', '2'] and names ['other']", "pass classes=[...]"]),
 }
 
 @pytest.mark.parametrize('case', list(DATASET_CASES))
@@ -127,6 +132,28 @@ def test_dataset_missing_image_counted_skip(tmp_path):
     root = _csv_dataset(tmp_path, path=['im/0.png', 'im/1.png', 'im/2.png', 'im/x.png', 'im/4.png', 'im/y.png'])
     ds = get_dataset('csv', root, on_bad='skip')
     assert ds.report == {'skipped: missing image': 2} and len(ds) == 4 and 'im/x.png' not in set(ds.table.path)
+
+def test_dataset_integer_labels_in_numeric_order(tmp_path):
+    "Integer labels 0…10 are classes in numeric order: label 10 is index 10, not 2 (as text '10' sorts before '2')"
+    root = _csv_dataset(tmp_path, label=[0, 2, 10, 1, 10, 2])
+    ds = get_dataset('csv', root)
+    assert ds.classes == ['0', '1', '2', '10'] and ds.table.label.tolist() == [0, 2, 3, 1, 3, 2]
+
+@pytest.mark.parametrize('mode', ['I;16', 'F', 'I', 'RGBA-hole'])
+def test_dataset_image_modes(tmp_path, mode):
+    "16-bit grey is scaled to 8 bits (not 98 % saturated); float, 32-bit integer and transparent images are refused by name"
+    a = (np.arange(32*32).reshape(32, 32)*64).astype(np.uint16)
+    p = tmp_path/('x.png' if mode in ('I;16', 'RGBA-hole') else 'x.tif')
+    if mode == 'I;16': Image.fromarray(a).save(p)
+    elif mode == 'RGBA-hole': Image.fromarray(np.dstack([np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 255, np.uint8)]) * np.uint8(1)).save(p)
+    else: Image.fromarray(a.astype(np.float32 if mode == 'F' else np.int32)).save(p)
+    if mode == 'RGBA-hole':
+        im = np.asarray(Image.open(p)).copy(); im[0, 0, 3] = 10; Image.fromarray(im).save(p)
+        _check(lambda: read_image(p), ValueError, str(p), "6.2% of its pixels are (partly) transparent")
+    elif mode == 'I;16':
+        r = np.asarray(read_image(p))
+        assert r.dtype == np.uint8 and (r[..., 0] == np.rint(a/257)).all() and (r == 255).mean() < 0.01
+    else: _check(lambda: read_image(p), ValueError, str(p), f"image mode {mode!r}", "convert it to 8-bit RGB")
 
 def test_dataset_image_truncated(tmp_path):
     p = tmp_path/'t.png'; _png(p, 32); p.write_bytes(p.read_bytes()[:40])

@@ -286,3 +286,15 @@ def test_per_tensor_is_one_bit_width_with_per_channel_scales(run):
     _eq(s['granularity_units'], 'one bit width per tensor, one float32 scale per output channel')
     _eq('granularity per_tensor: one bit width per tensor, one float32 scale per output channel' in
         (run/'30_mixed_precision'/'vit_mini'/'fq_qat'/'size_report.txt').read_text(), True)
+
+def test_failed_rerun_keeps_the_finished_result(run, monkeypatch):
+    "run_config builds a result beside the finished one and swaps: a rerun that fails leaves the old folder whole, and no temporary"
+    import fairquant.mixed_precision as mp
+    update_runs(run, run_config(run, _vit(run), 'uniform4', ST, progress=False))
+    d = run/'30_mixed_precision'/'vit_mini'/'uniform4'
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    def boom(*a, **k): raise RuntimeError('killed mid-run')
+    monkeypatch.setattr(mp, 'quantize_for', boom)
+    ft.test_fail(lambda: run_config(run, _vit(run), 'uniform4', ST, progress=False), contains='killed mid-run')
+    _eq({f.name: f.read_bytes() for f in d.iterdir()}, before)
+    _eq([p.name for p in d.parent.iterdir() if p.name.startswith('.')], [])
