@@ -281,14 +281,24 @@ def extract_calibration(ds:GroupDataset, root, # the dataset and the calibration
     return dest
 
 def read_calibration(folder, # a folder with manifest.csv and the images
-                     classes:Sequence[str]=None, groups:Sequence[str]=None)->pd.DataFrame: # names to check labels and groups against
-    "The calibration manifest of `folder` with a `path` column; an error for an empty set, unknown names or missing files"
+                     classes:Sequence[str]=None, groups:Sequence[str]=None, # names to check labels and groups against
+                     ds:GroupDataset=None)->pd.DataFrame: # the dataset results are reported on: none of its test images may calibrate
+    "The calibration manifest of `folder` with a `path` column; an error for an empty set, unknown names, duplicates, files outside it, test images or missing files"
     folder = Path(folder); f = folder/'manifest.csv'
-    m = read_csv(f, required=MANIFEST_COLUMNS, dtype={'image_id': str, 'label': str, 'group': str})
+    m = read_csv(f, required=MANIFEST_COLUMNS, dtype={'image_id': str, 'label': str, 'group': str, 'file': str})
     if m.empty: raise ValueError(f"{f}: an empty calibration set (header, no rows)")
     for col, names in (('label', classes), ('group', groups)):
         bad = sorted(set(m[col]) - set(names)) if names is not None else []
         if bad: raise ValueError(f"{f}: {col} value(s) {bad[:5]} are not among the model's {col == 'label' and 'classes' or 'groups'} {list(names)}")
+    for col in ('image_id', 'file'):
+        dup = m[col][m[col].duplicated()]
+        if len(dup): raise ValueError(f"{f}: {col} {dup.iloc[0]!r} is listed more than once ({len(dup)} duplicates); each calibration image once")
+    out = [x for x in m.file if Path(x).is_absolute() or '/' in x.replace('\\', '/') or x in ('.', '..')]
+    if out: raise ValueError(f"{f}: file {out[0]!r} is not a file name inside {folder} ({len(out)} such rows); manifests list names, not paths")
+    test = sorted(set(m.image_id) & set(ds.split('test').image_id.astype(str))) if ds is not None else []
+    if 'split' in m.columns and (m.split.astype(str) == 'test').any(): test = test or sorted(m.image_id[m.split.astype(str) == 'test'])
+    if test: raise ValueError(f"{f}: {len(test)} calibration image(s) come from the test split results are reported on, e.g. {test[:3]}; "
+                              "calibrate on train or val images (extract_calibration)")
     m['path'] = [str(folder/x) for x in m.file]
     gone = [x for x in m.file if not (folder/x).is_file()]
     if gone: raise FileNotFoundError(f"{f}: {len(gone)} listed image(s) missing from {folder}, e.g. {gone[:3]}")
@@ -742,7 +752,7 @@ def run_onnx_stage(run_dir, # run folder: reads 00_datasets/ and 10_finetune_vit
     calib_root, manifest, calib_dir, mix = Path(calib_root) if calib_root else out/'calibration', None, None, None
     if static or (mixed is not None and mixed.needs_calibration):
         calib_dir = extract_calibration(ds, calib_root, calib_n, calib_strategy, calib_split, seed)
-        manifest = read_calibration(calib_dir, ds.classes, ds.groups)
+        manifest = read_calibration(calib_dir, ds.classes, ds.groups, ds)
         with atomic_path(out/'calibration'/'manifest.csv') as t: shutil.copyfile(calib_dir/'manifest.csv', t)
         mix = calibration_mix(manifest, ds, calib_split)
     rows = []

@@ -413,6 +413,39 @@ def test_onnx_classes_given_disagree_with_metadata(onnx_file, ds):
     from fairquant.onnx_int8 import read_onnx_meta
     _check(lambda: read_onnx_meta(onnx_file, classes=['x'] * 5), ValueError, str(onnx_file), "classes ['x', 'x', 'x', 'x', 'x'] differ from the model's metadata")
 
+# --------------------------------------------------------------------------------------- calibration folders (40)
+def _calibration_case(tmp_path, ds, case):
+    from fairquant.onnx_int8 import extract_calibration, read_calibration
+    if case == 'calib_root holds the dataset': return lambda: extract_calibration(ds, Path(ds.root).parent, 4, 'random', 'train')
+    if case == 'calib_root inside the dataset': return lambda: extract_calibration(ds, Path(ds.root)/'cal', 4, 'random', 'train')
+    if case == 'calib folder not ours':
+        (tmp_path/'cal'/ds.name).mkdir(parents=True); (tmp_path/'cal'/ds.name/'x.txt').write_text('user file')
+        return lambda: extract_calibration(ds, tmp_path/'cal', 4, 'random', 'train')
+    d = extract_calibration(ds, tmp_path/'ok', 4, 'random', 'train'); m = pd.read_csv(d/'manifest.csv', dtype=str)
+    if case == 'manifest duplicate image_id': m = pd.concat([m, m.iloc[:1]])
+    if case == 'manifest path outside folder': m.loc[0, 'file'] = '../../etc/passwd'
+    if case == 'manifest test split': m.loc[0, 'split'] = 'test'
+    if case == 'manifest test image': m.loc[0, 'image_id'] = ds.split('test').image_id.iloc[0]
+    m.to_csv(d/'manifest.csv', index=False)
+    return lambda: read_calibration(d, ds.classes, ds.groups, ds)
+
+CALIB_CASES = {
+    'calib_root holds the dataset': ["calib_root", "would replace or hold the dataset"],
+    'calib_root inside the dataset': ["calib_root", "would lie inside the dataset"],
+    'calib folder not ours': ["exists and is not a calibration folder made by FairQuant", "left untouched"],
+    'manifest duplicate image_id': ["manifest.csv", "is listed more than once"],
+    'manifest path outside folder': ["manifest.csv", "file '../../etc/passwd' is not a file name inside"],
+    'manifest test split': ["manifest.csv", "come from the test split"],
+    'manifest test image': ["manifest.csv", "come from the test split results are reported on"],
+}
+
+@pytest.mark.parametrize('case', list(CALIB_CASES))
+def test_calibration(tmp_path, ds, case):
+    "Stage 40 never replaces a folder it did not make, and a calibration manifest is checked when read"
+    before = sorted(p.name for p in Path(ds.root).iterdir())
+    _check(_calibration_case(tmp_path, ds, case), ValueError, *CALIB_CASES[case])
+    assert sorted(p.name for p in Path(ds.root).iterdir()) == before   # the dataset untouched
+
 # -------------------------------------------------------------------------------------------- per-image CSVs (60)
 def _pred_csv(tmp, name='p.csv', n=6, **cols):
     "A valid per-image CSV in our schema (`predictions_table`), then columns replaced / dropped"
