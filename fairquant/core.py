@@ -16,8 +16,8 @@ __all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', '
            'save_csv', 'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header', 'read_safetensors',
            'write_safetensors', 'file_sha256', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes',
            'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir',
-           'nbs_dir', 'notebook_parameters', 'check_pipeline', 'run_pipeline', 'cell_directives', 'stage_cells',
-           'stage_notebook', 'run_pipeline_cli']
+           'nbs_dir', 'notebook_parameters', 'param_type_error', 'check_pipeline', 'run_pipeline', 'cell_directives',
+           'stage_cells', 'stage_notebook', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -381,7 +381,7 @@ def notebook_parameters(path)->dict:
 
 _TYPES = {'int': (int,), 'float': (int, float), 'bool': (bool,), 'list': (list, tuple, str), 'dict': (dict,)}   # str: a comma list
 
-def _type_error(stage:str, name:str, value, info:dict)->str|None:
+def param_type_error(stage:str, name:str, value, info:dict)->str|None:
     "Why `value` cannot be the parameter papermill describes by `info` (its inferred type), or None"
     t = info.get('inferred_type_name'); want = _TYPES.get(t)
     if want is None or value is None or (isinstance(value, want) and not (isinstance(value, bool) and bool not in want)): return None
@@ -407,7 +407,7 @@ def check_pipeline(stages:Iterable[str], # stage names, in pipeline order
         known = pm.inspect_notebook(str(src))
         extra = sorted(set(params.get(stage, {})) - set(known))
         if extra: raise ValueError(f"{stage}: unknown parameter(s) {extra}; its parameters are {sorted(known)}")
-        bad = [m for k, v in params.get(stage, {}).items() if (m := _type_error(stage, k, v, known[k]))]
+        bad = [m for k, v in params.get(stage, {}).items() if (m := param_type_error(stage, k, v, known[k]))]
         if bad: raise ValueError(bad[0])   # e.g. --set 10_finetune_vit_swin.epochs=3x would fail only after the earlier stages ran
         srcs.append(src)
     return srcs

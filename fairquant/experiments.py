@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_experiments.ipynb #71186a8f
 from __future__ import annotations
-import os, re, sys, json, time, uuid, shutil, socket, logging, datetime, traceback, contextlib, functools, itertools
+import os, re, sys, json, time, uuid, shutil, socket, inspect, logging, datetime, traceback, contextlib, functools, itertools, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Sequence
@@ -14,21 +14,22 @@ import pandas as pd
 import yaml
 
 from .core import (scratch_dir, Registry, STAGES, PRED_COLUMNS, save_json, load_json, save_csv, save_figure, read_csv,
-                            atomic_path, require_stage, check_pipeline, run_pipeline, nbs_dir, notebook_parameters, git_commit,
-                            project_root, stage_notebook, cell_directives, STAGE_HEADING, _alive)
+                            atomic_path, require_stage, check_pipeline, run_pipeline, nbs_dir, git_commit,
+                            project_root, stage_notebook, cell_directives, STAGE_HEADING, param_type_error, _alive)
 from .metrics import (table_codes, table_metrics, group_metrics, run_intervals, paired_delta_draws, percentile_ci, seed_interval,
                                boot_group_acc, plot_group_acc)
-from .datasets import DATASETS
-from .finetune import model_spec, load_checkpoint
+from .datasets import DATASETS, assemble_dataset
+from .finetune import model_spec, load_checkpoint, TrainConfig
 from .mixed_precision import CONFIGS, read_runs
-from .onnx_int8 import weight_count
+from .onnx_int8 import weight_count, check_quant_options
 
 # %% auto #0
-__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'TOPIC', 'GRID_MARKERS', 'SUMMARY_COLUMNS', 'SEED_METRICS',
-           'CONTRASTS', 'VERDICT_COLUMNS', 'TINY_PARAMS', 'GridConfig', 'register_grid_config', 'load_grid', 'Step',
-           'Cell', 'Plan', 'merge_config_params', 'plan_grid', 'run_step', 'merge_validations', 'step_state',
-           'check_grid_dir', 'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits', 'CellData', 'read_cell',
-           'paired', 'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table',
+__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'ASSEMBLE_OPTIONS', 'MODEL_KEYS', 'TOPIC', 'GRID_MARKERS',
+           'SUMMARY_COLUMNS', 'SEED_METRICS', 'CONTRASTS', 'VERDICT_COLUMNS', 'TINY_PARAMS', 'GridConfig',
+           'register_grid_config', 'GridLoader', 'dataset_options', 'load_grid', 'Step', 'Cell', 'Plan',
+           'merge_config_params', 'plan_grid', 'run_step', 'merge_validations', 'step_state', 'check_grid_dir',
+           'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits', 'CellData', 'read_cell', 'paired',
+           'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table',
            'convergence_warnings', 'pareto_mask', 'plot_pareto', 'plot_delta_heatmap', 'group_acc_table', 'load_plan',
            'summarize_grid', 'render_html', 'write_report', 'plan_table', 'run_grid', 'format_summary', 'grid_cli',
            'tiny_grid']
@@ -110,6 +111,21 @@ GRID_OWNED = {'00_datasets': {'dataset', 'root', 'options'}, '10_finetune_vit_sw
               '20_importance': {'metrics', 'tags'}, '30_mixed_precision': {'target_avg_bits', 'test_predictions'},
               '50_validation': {'runs'}}
 
+class GridLoader(yaml.SafeLoader):
+    "Safe YAML for grid files, with two fixes: a key given twice is an error (not last-wins), and `1e-4` is a float (as in YAML 1.2), not a string"
+
+def _strict_mapping(loader, node):
+    loader.flatten_mapping(node)
+    pairs, seen = loader.construct_pairs(node, deep=True), {}
+    for (k, _), (kn, _) in zip(pairs, node.value):
+        if k in seen: raise yaml.constructor.ConstructorError(None, None, f"key {k!r} given twice (lines {seen[k]} and {kn.start_mark.line + 1}); "
+                                                              "YAML would silently keep the last", kn.start_mark)
+        seen[k] = kn.start_mark.line + 1
+    return dict(pairs)
+
+GridLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+GridLoader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(r'^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$'), list('-+0123456789.'))
+
 def _read_grid(src)->tuple:
     "(parsed YAML, name of the source for errors) from a file, YAML text or a dict"
     if isinstance(src, dict): return dict(src), '<grid dict>'
@@ -118,7 +134,7 @@ def _read_grid(src)->tuple:
         if not p.is_file(): raise FileNotFoundError(f"{p}: grid file not found")
         text, name = p.read_text(), str(p)
     else: text, name = str(src), '<grid text>'
-    try: d = yaml.safe_load(text)
+    try: d = yaml.load(text, Loader=GridLoader)
     except yaml.YAMLError as e: raise ValueError(f"{name}: malformed YAML ({' '.join(str(e).split())})") from None
     if not isinstance(d, dict): raise ValueError(f"{name}: expected a YAML mapping with keys {list(GRID_KEYS)}, got {type(d).__name__}")
     return d, name
@@ -144,15 +160,45 @@ def _check_datasets(d, name)->list:
         if extra: raise ValueError(f"{name}: datasets[{i}]: unknown key(s) {extra}; known: name, tag, root, options")
         if e['name'] not in DATASETS: raise ValueError(f"{name}: datasets[{i}]: unknown dataset {e['name']!r}; known: {', '.join(DATASETS.names)}")
         opts = e.get('options') or {}
+        if not isinstance(opts, dict): raise ValueError(f"{name}: datasets[{i}].options must be a mapping {{option: value}}, got {opts!r}")
+        known = dataset_options(e['name'])
+        if bad := sorted(set(opts) - set(known)): raise ValueError(f"{name}: datasets[{i}].options: unknown option(s) {bad} of dataset {e['name']!r}; known: {known}")
         if e['name'] == 'synthetic' and 'seed' in opts:
             raise ValueError(f"{name}: datasets[{i}]: options.seed is set by the grid (each grid seed generates its own images); remove it")
         out.append(dict(tag=str(e.get('tag', e['name'])), name=e['name'], root=e.get('root'), options=opts))
     _unique([e['tag'] for e in out], 'dataset tags', name)
     return out
 
+def dataset_options(dataset:str)->list:
+    "Option names a registered dataset loader takes (its own arguments, and `assemble_dataset`'s when it passes **kwargs on)"
+    ps = inspect.signature(DATASETS.get(dataset)).parameters
+    own = [k for k, p in ps.items() if k != 'root' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    more = [k for k in inspect.signature(assemble_dataset).parameters if k in ASSEMBLE_OPTIONS] if any(p.kind == p.VAR_KEYWORD for p in ps.values()) else []
+    return sorted(set(own + more))
+
+ASSEMBLE_OPTIONS = ('check', 'on_bad', 'split_fractions', 'split_seed')   # what every loader passes on to `assemble_dataset`
+MODEL_KEYS = ('name', 'tag', 'kwargs', 'img_size', 'source', 'train')
+_FIELD_TYPES = {'int': (int,), 'float': (int, float), 'str': (str, type(None)), 'bool': (bool,)}
+
+def _check_train(t, where:str):
+    "A model's `train:` overrides: TrainConfig fields with values of the field's type that TrainConfig accepts"
+    if not isinstance(t, dict): raise ValueError(f"{where}.train must be a mapping {{TrainConfig field: value}}, got {t!r}")
+    fs = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    if bad := sorted(set(t) - set(fs)): raise ValueError(f"{where}.train: unknown field(s) {bad}; TrainConfig has {sorted(fs)}")
+    for k, v in t.items():
+        ok = _FIELD_TYPES.get(fs[k].split(' ')[0], (object,))
+        if not isinstance(v, ok) or (isinstance(v, bool) and bool not in ok):
+            raise ValueError(f"{where}.train.{k}={v!r} is a {type(v).__name__}; expected {fs[k]} (write 1.0e-4 or 0.0001 for a float)")
+    try: TrainConfig(**t)
+    except (ValueError, KeyError) as e: raise ValueError(f"{where}.train: {e}") from None
+
 def _check_models(d, name)->list:
     out = []
     for i, m in enumerate(_entries(d, 'models', name)):
+        if isinstance(m, dict):
+            if bad := sorted(set(m) - set(MODEL_KEYS)): raise ValueError(f"{name}: models[{i}]: unknown key(s) {bad}; known: {', '.join(MODEL_KEYS)}")
+            if m.get('kwargs') is not None and not isinstance(m['kwargs'], dict): raise ValueError(f"{name}: models[{i}].kwargs must be a mapping, got {m['kwargs']!r}")
+            if 'train' in m: _check_train(m['train'], f"{name}: models[{i}]")
         try: tag = model_spec(m)['tag']
         except (ValueError, KeyError, TypeError) as e: raise ValueError(f"{name}: models[{i}] {m!r}: {e}") from None
         out.append(dict(tag=tag, entry=m))
@@ -206,6 +252,7 @@ def _check_params(d, name)->dict:
         if not isinstance(v, dict): raise ValueError(f"{name}: params.{stage} must be a mapping {{parameter: value}}, got {v!r}")
         own = sorted(set(v) & _owned(stage))
         if own: raise ValueError(f"{name}: params.{stage}: {own} are set by the grid (datasets, models, configs, budgets, seeds); remove them")
+        if stage == '40_onnx_int8' and v.get('options'): check_quant_options(v['options'], f"{name}: params.40_onnx_int8.options")
     return {s: dict(v) for s, v in p.items()}
 
 def load_grid(src=None, # a grid YAML file, YAML text, or a dict; None: `DEFAULT_GRID`
@@ -260,9 +307,14 @@ def _fill(v, tag:str):
     return v
 
 @functools.lru_cache(maxsize=None)
+def _stage_info(stage:str, nbs:str)->dict:
+    "{name: papermill's description (default, inferred type)} of a stage notebook's parameters (checked to exist by `core.check_pipeline`)"
+    import papermill as pm
+    return pm.inspect_notebook(str(check_pipeline([stage], {}, nbs)[0]))
+
 def _stage_params(stage:str, nbs:str)->tuple:
-    "The parameter names of a stage notebook (checked to exist by `core.check_pipeline`)"
-    return tuple(notebook_parameters(check_pipeline([stage], {}, nbs)[0]))
+    "The parameter names of a stage notebook"
+    return tuple(_stage_info(stage, nbs))
 
 def _params(g:dict, stage:str, seed:int, nbs:str, **own)->dict:
     "A stage's parameters in a step: the seed (when the stage has one), the grid's overrides, then what the step sets"
@@ -359,6 +411,9 @@ def plan_grid(grid, # a grid (file, text or dict: see `load_grid`) or what `load
         names = {k for s in steps for k in s.params.get(st, {})}   # each stage's notebook is inspected once (cached)
         extra = sorted(names - set(_stage_params(st, nbs)))
         if extra: raise ValueError(f"{st}: unknown parameter(s) {extra}; its parameters are {sorted(_stage_params(st, nbs))}")
+        info = _stage_info(st, nbs)
+        bad = [m for s in steps for k, v in s.params.get(st, {}).items() if (m := param_type_error(st, k, v, info[k]))]
+        if bad: raise ValueError(f"{g['name']}: params.{bad[0]}")
     return Plan(g, steps, cells)
 
 # %% ../nbs/70_experiments.ipynb #06a91e08

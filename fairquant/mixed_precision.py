@@ -821,8 +821,12 @@ def load_scores(path, # an importance file of 20_importance
                 checkpoint_sha256:str=None)->dict: # refuse maps computed for other weights
     "{weight name: reduced importance map}, checked against the model's layers, the checkpoint and the dataset's groups"
     maps, meta = load_importance(path)
-    if checkpoint_sha256 and meta.get('checkpoint_sha256') not in (None, checkpoint_sha256):
+    if checkpoint_sha256 and not meta.get('checkpoint_sha256'):
+        raise ValueError(f"{path}: records no checkpoint SHA-256, so nothing ties it to these weights; recompute it with 20_importance")
+    if checkpoint_sha256 and meta['checkpoint_sha256'] != checkpoint_sha256:
         raise ValueError(f"{path}: computed for weights with SHA-256 {meta['checkpoint_sha256'][:12]}…, not this checkpoint's {checkpoint_sha256[:12]}…")
+    if cfg.metric and meta.get('metric') != cfg.metric:
+        raise ValueError(f"{path}: holds {meta.get('metric')!r} importance; configuration {cfg.name!r} ranks units by {cfg.metric!r}")
     layers = {k: weight_shape(m) for k, m in quant_layers(model).items()}
     missing, extra = [k for k in layers if k not in maps], [k for k in maps if k not in layers]
     if missing or extra: raise ValueError(f"{path}: its layers differ from the model's: missing {missing[:4]}, unexpected {extra[:4]}")

@@ -4,7 +4,7 @@
 
 # %% ../nbs/40_onnx_int8.ipynb #a03fa4ce
 from __future__ import annotations
-import os, re, json, shutil, logging, tempfile, warnings, contextlib, time
+import os, re, json, time, shutil, difflib, logging, tempfile, warnings, functools, contextlib
 from pathlib import Path
 from typing import Sequence
 
@@ -33,10 +33,11 @@ __all__ = ['ONNX_FORMAT', 'META_KEYS', 'PRECISIONS', 'INPUT_NAME', 'OUTPUT_NAME'
            'read_onnx_meta', 'onnx_session', 'run_onnx', 'plain_attention', 'export_onnx', 'check_onnx',
            'select_calibration', 'is_calibration_folder', 'check_calibration_dest', 'extract_calibration',
            'read_calibration', 'calibration_mix', 'CalibReader', 'calibration_batches', 'activation_matmuls',
-           'model_kind', 'SlowQuantWarning', 'quant_recipe', 'fold_matmul_bias', 'quiet_ort', 'preprocess_onnx',
-           'ort_kwargs', 'quantize_int8', 'optimized_graph', 'float_weight_ops', 'fold_weights', 'load_session',
-           'weight_count', 'onnx_avg_bits', 'run_name', 'convert_checkpoint', 'write_models_index', 'time_sessions',
-           'split_images', 'compare_models', 'run_onnx_stage']
+           'model_kind', 'SlowQuantWarning', 'ort_extra_options', 'check_quant_options', 'quant_recipe',
+           'fold_matmul_bias', 'quiet_ort', 'preprocess_onnx', 'ort_kwargs', 'quantize_int8', 'optimized_graph',
+           'float_weight_ops', 'fold_weights', 'load_session', 'weight_count', 'onnx_avg_bits', 'run_name',
+           'convert_checkpoint', 'write_models_index', 'time_sessions', 'split_images', 'compare_models',
+           'run_onnx_stage']
 
 # %% ../nbs/40_onnx_int8.ipynb #cd8fd71f
 ONNX_FORMAT = 'fairquant-onnx/1'
@@ -381,16 +382,40 @@ def _warn_slow(r:dict, kind:str):
         _slow(f"quantizing op types {r['op_types']} of a transformer: ~1.4× at best and ~10× larger logit error than "
               f"quantizing only {TRANSFORMER_OPS} (op_types=None)")
 
+@functools.lru_cache(maxsize=None)
+def ort_extra_options()->frozenset:
+    "The `extra_options` names this onnxruntime knows: those its quantize_static/quantize_dynamic document, and those its quantization code reads"
+    import onnxruntime.quantization as q
+    names = set()
+    for f in (quantize_static, quantize_dynamic): names |= set(re.findall(r'^\s+([A-Z]\w+) =', f.__doc__ or '', re.M))
+    for p in Path(q.__file__).parent.rglob('*.py'):
+        text = p.read_text(errors='ignore')
+        names |= set(re.findall(r'extra_options(?:\.get\(|\[)\s*["\']([A-Z]\w+)["\']', text))    # extra_options.get("Name" / ["Name"]
+        names |= set(re.findall(r'["\']([A-Z]\w+)["\']\s+(?:not\s+)?in\s+\w*extra_options', text))
+        names |= set(re.findall(r'\(\s*["\'](Calib[A-Z]\w+)["\']\s*,', text))                          # calibration keys mapped in pairs
+    return frozenset(names)
+
+def check_quant_options(options:dict, where:str='options')->dict:
+    "Refuse unknown `QUANT_OPTIONS`, values outside their choices, and onnxruntime `extra_options` names it does not know (a typo there is ignored silently)"
+    bad = sorted(set(options) - set(QUANT_OPTIONS))
+    if bad: raise ValueError(f"{where}: unknown quantization option(s) {bad}; known: {sorted(QUANT_OPTIONS)}")
+    for k, ok in _CHOICES.items():
+        if k in options and options[k] not in ok: raise ValueError(f"{where}: {k}={options[k]!r}: expected one of {ok}")
+    extra = options.get('extra_options') or {}
+    if not isinstance(extra, dict): raise ValueError(f"{where}: extra_options must be a mapping of onnxruntime option names, got {extra!r}")
+    if unknown := sorted(set(extra) - ort_extra_options()):
+        near = {u: difflib.get_close_matches(u, ort_extra_options(), 1) for u in unknown}
+        raise ValueError(f"{where}: extra_options {unknown} are not options onnxruntime {ort.__version__} knows"
+                         + ''.join(f"; {u}: did you mean {m[0]!r}?" for u, m in near.items() if m) + " (onnxruntime would ignore them)")
+    return options
+
 def quant_recipe(model:onnx.ModelProto, # the pre-processed FP32 graph
                  mode:str='static', # 'static' or 'dynamic'
                  **options)->dict: # any of `QUANT_OPTIONS`
     "The full, JSON-able quantization recipe for `model`: defaults by model kind, then `options`; warns when slow"
-    bad = sorted(set(options) - set(QUANT_OPTIONS))
-    if bad: raise ValueError(f"unknown quantization option(s) {bad}; known: {sorted(QUANT_OPTIONS)}")
+    check_quant_options(options)
     if mode not in ('static', 'dynamic'): raise ValueError(f"mode={mode!r}: expected 'static' or 'dynamic'")
     r = dict(QUANT_OPTIONS, **options)
-    for k, ok in _CHOICES.items():
-        if r[k] not in ok: raise ValueError(f"{k}={r[k]!r}: expected one of {ok}")
     kind, names = model_kind(model), {n.name for n in model.graph.node}
     unknown = [n for n in r['nodes_to_exclude'] if n not in names]
     if unknown: raise ValueError(f"nodes_to_exclude: {unknown[:5]} are not nodes of the (pre-processed) graph")
@@ -742,8 +767,7 @@ def run_onnx_stage(run_dir, # run folder: reads 00_datasets/ and 10_finetune_vit
     src = require_stage(run_dir, '10_finetune_vit_swin', 'checkpoints.json', needed_by='40_onnx_int8')
     require_stage(run_dir, '00_datasets', 'dataset.json', 'images.csv', needed_by='40_onnx_int8')
     qopts = dict(quant_format=quant_format, per_channel=per_channel, calibrate_method=calibrate_method, **(options or {}))
-    bad = sorted(set(qopts) - set(QUANT_OPTIONS))
-    if bad: raise ValueError(f"options: unknown quantization option(s) {bad}; known: {sorted(QUANT_OPTIONS)}")
+    check_quant_options(qopts)   # before any work: a typo in extra_options would be ignored by onnxruntime
     if mixed is not None and not all(hasattr(mixed, a) for a in ('needs_calibration', 'export', 'info')):
         raise TypeError(f"mixed={mixed!r}: expected what fairquant.mixed_onnx.mixed_export returns (needs_calibration, export, info), or None")
     ds = open_stage_dataset(run_dir)

@@ -274,7 +274,7 @@ def test_importance_file_not_ours(tmp_path):
 
 def test_importance_layers_differ_from_model(tmp_path, ck):
     p = imp.save_importance(_maps(), tmp_path/'i.safetensors', **{k: 0 for k in imp.IMPORTANCE_META}
-                            | dict(groups=['light', 'dark'], classes=list(ck.classes), checkpoint_sha256=None))
+                            | dict(groups=['light', 'dark'], classes=list(ck.classes), checkpoint_sha256=None, metric=mp.get_config('fq_qat').metric))
     _check(lambda: mp.load_scores(p, mp.get_config('fq_qat'), ck.model, ['light', 'dark']), ValueError, str(p),
            "its layers differ from the model's", "missing ['conv1.weight'", "unexpected ['conv.weight']")
 
@@ -282,9 +282,21 @@ def test_importance_groups_differ_from_data(tmp_path, ck):
     layers = {k: mp.weight_shape(m) for k, m in mp.quant_layers(ck.model).items()}
     maps = {k: torch.rand(2, *s) for k, s in layers.items()}
     p = imp.save_importance(maps, tmp_path/'i.safetensors', **{k: 0 for k in imp.IMPORTANCE_META}
-                            | dict(groups=['dark', 'light'], classes=list(ck.classes), checkpoint_sha256=None))
+                            | dict(groups=['dark', 'light'], classes=list(ck.classes), checkpoint_sha256=None, metric=mp.get_config('fq_qat').metric))
     _check(lambda: mp.load_scores(p, mp.get_config('fq_qat'), ck.model, ['light', 'dark']), ValueError, str(p),
            "groups ['dark', 'light'] differ from the dataset's ['light', 'dark']")
+
+@pytest.mark.parametrize('case', ['other metric', 'no checkpoint hash', 'other checkpoint'])
+def test_importance_provenance(tmp_path, ck, case):
+    "Maps are refused unless they carry the checkpoint's hash and the configuration's metric"
+    layers = {k: mp.weight_shape(m) for k, m in mp.quant_layers(ck.model).items()}
+    meta = {k: 0 for k in imp.IMPORTANCE_META} | dict(groups=['light', 'dark'], classes=list(ck.classes), metric='grape', checkpoint_sha256='a'*64)
+    meta |= {'other metric': dict(metric='hawq'), 'no checkpoint hash': dict(checkpoint_sha256=None), 'other checkpoint': {}}[case]
+    p = imp.save_importance({k: torch.rand(2, *s) for k, s in layers.items()}, tmp_path/'i.safetensors', **meta)
+    frag = {'other metric': "holds 'hawq' importance; configuration 'fq_qat' ranks units by 'grape'",
+            'no checkpoint hash': "records no checkpoint SHA-256", 'other checkpoint': "computed for weights with SHA-256 aaaaaaaaaaaa"}[case]
+    sha = 'a'*64 if case == 'other metric' else 'b'*64
+    _check(lambda: mp.load_scores(p, mp.get_config('fq_qat'), ck.model, ['light', 'dark'], checkpoint_sha256=sha), ValueError, str(p), frag)
 
 def test_importance_unknown_reducer():
     _check(lambda: imp.reduce_importance(_maps(), 'median'), KeyError, "unknown reducer 'median'", "known: balanced, cvar, max, mean, subtractive")
