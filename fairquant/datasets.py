@@ -1100,12 +1100,17 @@ def dataset_identity(ds:GroupDataset)->dict:
 GroupDataset.identity = dataset_identity
 
 def save_stage_dataset(ds:GroupDataset, run_dir)->Path:
-    "Write dataset.json, images.csv and counts.csv into run_dir/00_datasets; returns that folder"
+    "Write dataset.json (root relative to the folder when inside the run), images.csv and counts.csv into run_dir/00_datasets; returns that folder"
     d = stage_dir(run_dir, '00_datasets')
     save_csv(ds.table.drop(columns=['source_row'], errors='ignore'), d/'images.csv')
     save_csv(counts_table(ds), d/'counts.csv', index=True)
-    save_json(dict(root=str(Path(ds.root).resolve()), identity=ds.identity(), report=ds.report), d/'dataset.json')
+    save_json(dict(root=_stored_root(ds.root, d), identity=ds.identity(), report=ds.report), d/'dataset.json')
     return d
+
+def _stored_root(root, d:Path)->str:
+    "The dataset root as dataset.json keeps it: relative to its folder when it lies inside the run folder (a moved or copied run, or grid, reads its own images), else absolute"
+    root, run = Path(root).resolve(), d.resolve().parent
+    return os.path.relpath(root, d.resolve()) if root == run or run in root.parents else str(root)
 
 def open_stage_dataset(run_dir, # the run folder
                        default:dict=None)->GroupDataset: # get_dataset kwargs to prepare it when absent (None: refuse)
@@ -1118,7 +1123,8 @@ def open_stage_dataset(run_dir, # the run folder
         save_stage_dataset(get_dataset(**kw), run_dir)
     spec = load_json(d/'dataset.json'); idn = spec['identity']
     t = read_table(d/'images.csv', dtype={'image_id': str}).drop(columns='source_row')
-    ds = GroupDataset(idn['name'], Path(spec['root']), idn['classes'], idn['groups'], t, idn['options'], spec.get('report', {}))
+    root = Path(spec['root']) if os.path.isabs(spec['root']) else d/spec['root']   # relative: to this 00_datasets folder
+    ds = GroupDataset(idn['name'], root, idn['classes'], idn['groups'], t, idn['options'], spec.get('report', {}))
     if ds.identity()['table_sha1'] != idn['table_sha1']:
         raise ValueError(f"{d/'images.csv'}: table does not match the hash recorded in {d/'dataset.json'} (edited by hand?)")
     return ds
