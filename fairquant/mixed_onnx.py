@@ -19,7 +19,7 @@ from onnx import helper, numpy_helper, version_converter
 from onnxruntime.quantization import quantize_static
 from tqdm.auto import tqdm
 
-from .core import atomic_path, load_json, require_stage
+from .core import atomic_path, load_json, require_stage, file_sha256
 from .datasets import GroupDataset
 from .mixed_precision import (FLOAT_BITS, quant_layers, quantizer, weight_shape, model_bits, avg_bits, read_runs,
                                        load_quantized_checkpoint)
@@ -448,7 +448,7 @@ def convert_mixed_run(run_dir, # the run folder
         if mode == 'weights_only' and not diff <= tol:
             raise ValueError(f"{f}: onnxruntime and the PyTorch run differ by up to {diff:.3g} on {len(ref)} val images (tolerance {tol:.3g}): the export is wrong")
     return dict(run=out, tag=tag, precision=f'mixed-{mode}', file=f.relative_to(stage).as_posix(), baseline=mixed_baseline(tag, summary, folder),
-                source_checkpoint=src, size_bytes=f.stat().st_size, theory_bytes=info['theory_bytes']['total'],
+                source_checkpoint=src, source_sha256=summary.get('base_sha256'), sha256=file_sha256(f), size_bytes=f.stat().st_size, theory_bytes=info['theory_bytes']['total'],
                 avg_bits=info['avg_bits'], options=info)
 
 # %% ../nbs/41_mixed_onnx.ipynb #26fd3462

@@ -648,10 +648,10 @@ def run_name(tag:str, precision:str)->str:
     return f'{tag}-onnx-fp32' if precision == 'fp32' else f'{tag}-{precision}'
 
 # %% ../nbs/40_onnx_int8.ipynb #867f3d3f
-def _row(tag, precision, f:Path, stage:Path, source, options, n_weights:int)->dict:
+def _row(tag, precision, f:Path, stage:Path, source, options, n_weights:int, source_sha256:str=None)->dict:
     "A models.json row; baseline: the fine-tuned checkpoint for the FP32 export, the FP32 export for INT8 (same weights, same runtime)"
     return dict(run=run_name(tag, precision), tag=tag, precision=precision, file=f.relative_to(stage).as_posix(),
-                baseline=f'{tag}-fp32' if precision == 'fp32' else run_name(tag, 'fp32'), source_checkpoint=source,
+                baseline=f'{tag}-fp32' if precision == 'fp32' else run_name(tag, 'fp32'), source_checkpoint=source, source_sha256=source_sha256, sha256=file_sha256(f),
                 size_bytes=f.stat().st_size, avg_bits=onnx_avg_bits(f, n_weights), options=options)
 
 def convert_checkpoint(ckpt_path, # a checkpoint (.safetensors) of 10_finetune_vit_swin
@@ -666,23 +666,27 @@ def convert_checkpoint(ckpt_path, # a checkpoint (.safetensors) of 10_finetune_v
     tag, stage = tag or ck.meta['model']['tag'], Path(stage)
     source, n = source or str(ck.path), weight_count(ck.model)
     d = stage/tag; d.mkdir(parents=True, exist_ok=True)
-    fp = export_onnx(ck.model, d/f'{tag}-fp32.onnx', ck.classes, ck.groups, ck.data_config, source, file_sha256(ck.path), opset)
-    rows = [_row(tag, 'fp32', fp, stage, source, dict(opset=opset, check=check_onnx(ck.model, fp, check_images)), n)]
+    sha = file_sha256(ck.path)
+    fp = export_onnx(ck.model, d/f'{tag}-fp32.onnx', ck.classes, ck.groups, ck.data_config, source, sha, opset)
+    rows = [_row(tag, 'fp32', fp, stage, source, dict(opset=opset, check=check_onnx(ck.model, fp, check_images)), n, sha)]
     with tempfile.TemporaryDirectory(prefix='fq_pre_') as td:
         pre = preprocess_onnx(fp, Path(td)/'pre.onnx')   # once for both modes
         for mode in ['static'] * (calibration is not None) + ['dynamic'] * bool(dynamic):
             q = d/f'{tag}-int8-{mode}.onnx'
             r = quantize_int8(fp, q, mode, calibration if mode == 'static' else None, pre, **(options or {}))
-            rows.append(_row(tag, f'int8-{mode}', q, stage, source, r, n))
+            rows.append(_row(tag, f'int8-{mode}', q, stage, source, r, n, sha))
     return rows
 
 # %% ../nbs/40_onnx_int8.ipynb #140c9d19
 def write_models_index(stage, rows:list)->Path:
-    "Merge `rows` into stage/models.json (a row per run; a new row replaces an older one of the same run)"
+    "Merge `rows` into stage/models.json: a new row replaces an older one of the same run, and older rows of a tag made from another checkpoint go"
     f = Path(stage)/'models.json'
     old = load_json(f)['models'] if f.exists() else []
-    new = {r['run'] for r in rows}
-    return save_json(dict(models=[r for r in old if r['run'] not in new] + list(rows)), f)
+    new, sha = {r['run'] for r in rows}, {r['tag']: r['source_sha256'] for r in rows if r.get('source_sha256')}
+    stale = [r['run'] for r in old if r['run'] not in new and r.get('tag') in sha and r.get('source_sha256') != sha[r['tag']]]
+    if stale: print(f"{f}: {stale} were made from another checkpoint of their model than {sorted(new)} (retrained since?); "
+                    "their rows are removed so that nothing pairs them with the new ones: rerun this stage for them")
+    return save_json(dict(models=[r for r in old if r['run'] not in new and r['run'] not in stale] + list(rows)), f)
 
 # %% ../nbs/40_onnx_int8.ipynb #af705c45
 def time_sessions(sessions:dict, # {name: InferenceSession}

@@ -27,8 +27,9 @@ from .metrics import group_metrics, table_metrics
 # %% auto #0
 __all__ = ['MODEL_KINDS', 'ENTRY_METRICS', 'softmax64', 'Predictor', 'guess_kind', 'load_predictor', 'checkpoint_predictor',
            'onnx_predictor', 'mixed_predictor', 'check_names', 'select_rows', 'PartialStore', 'Validation',
-           'memory_metrics', 'row_images', 'validate', 'copy_atomic', 'control_maker', 'find_models', 'validate_runs',
-           'record_runs', 'group_table', 'group_rows', 'validation_baselines']
+           'memory_metrics', 'row_images', 'validate', 'copy_atomic', 'control_maker', 'find_models',
+           'model_source_sha', 'check_provenance', 'check_integrity', 'validate_runs', 'record_runs', 'group_table',
+           'group_rows', 'validation_baselines']
 
 # %% ../nbs/50_validation.ipynb #daa7f3b7
 def softmax64(logits)->np.ndarray:
@@ -331,9 +332,12 @@ def find_models(run_dir)->pd.DataFrame:
                   tag=c['tag'], stage='10_finetune_vit_swin', avg_bits=32.0) for c in cks]
     rows += [_mixed_row(r, d30) for r in mix]
     df = pd.DataFrame(rows)
-    for k in ('baseline', 'avg_bits'): df[k] = df[k].astype(object).where(df[k].notna(), None)
+    df['source_sha256'] = [model_source_sha(run_dir, r) for r in rows]
+    for k in ('baseline', 'avg_bits', 'source_sha256'): df[k] = df[k].astype(object).where(df[k].notna(), None)
     dup = df.run[df.run.duplicated()]
     if len(dup): raise ValueError(f"{run_dir}: two models would both be validated as {dup.iloc[0]!r}: {df[df.run == dup.iloc[0]].file.tolist()}")
+    check_provenance(df, run_dir)
+    check_integrity([(d40/m['file'], m, d40/'models.json') for m in onx] + [(d45/m['file'], m, d45/'models.json') for m in fair])
     for r in df[df.baseline.notna() & ~df.baseline.isin(df.run)].itertuples():
         print(f"{r.run}: its matched control {r.baseline!r} is not in {run_dir} (made by {control_maker(r.baseline, r.tag)}); "
               "recorded as its baseline all the same: run that stage for the comparison")
@@ -365,7 +369,38 @@ def _mixed_row(r:dict, d30:Path)->dict:
         print(f"{folder/'summary.json'}: no avg_bits (written by an older stage 30): run {r['tag']}-{r['config']} gets avg_bits None; rerun 30_mixed_precision")
     return dict(run=f"{r['tag']}-{r['config']}", kind='mixed', file=found[0], precision=r['config'],
                 baseline=mixed_baseline(r['tag'], dict(s, config=r['config']), folder/'summary.json'), tag=r['tag'], stage='30_mixed_precision',
-                avg_bits=None if s.get('avg_bits') is None else float(s['avg_bits']))
+                avg_bits=None if s.get('avg_bits') is None else float(s['avg_bits']), source_sha256=s.get('base_sha256'))
+
+
+def model_source_sha(run_dir, r:dict)->str|None:
+    "SHA-256 of the fine-tuned checkpoint a model descends from, as its own files record it (None: they do not)"
+    f = Path(r['file'])
+    if r['kind'] == 'checkpoint': return load_json(checkpoint_paths(f)[1]).get('weights', {}).get('sha256')
+    if r['kind'] == 'mixed': return r.get('source_sha256')   # its summary's base_sha256 (`_mixed_row`)
+    meta = read_onnx_meta(f)          # the file itself, not models.json: a file replaced after the index was written still tells the truth
+    if str(meta.get('precision', '')).startswith('mixed-'):   # exported from a stage-30 run: that run's base checkpoint
+        s = Path(run_dir)/str(meta.get('source_checkpoint', ''))
+        return load_json(s.parent/'summary.json').get('base_sha256') if s.is_file() and (s.parent/'summary.json').is_file() else None
+    return meta.get('source_sha256') or None
+
+def check_provenance(df:pd.DataFrame, run_dir)->None:
+    "Refuse a model compared with a baseline made from another checkpoint (a retrained model beside an older export); name those without a record"
+    sha = dict(zip(df.run, df.source_sha256))
+    for r in df[df.baseline.notna() & df.baseline.isin(df.run)].itertuples():
+        a, b = r.source_sha256, sha[r.baseline]
+        if a and b and a != b:
+            raise ValueError(f"{run_dir}: {r.run} ({r.file}) comes from checkpoint {a[:12]}…, its baseline {r.baseline} from {b[:12]}…: "
+                             f"one of them was made before the model was retrained; rerun {r.stage} (and the stages after it) on this run folder")
+    none = df.run[df.source_sha256.isna()].tolist()
+    if none: print(f"{run_dir}: {none} do not record the checkpoint they come from (files of an older stage): their pairing with a baseline is unchecked; rerun their stage")
+
+
+def check_integrity(files:Sequence[tuple])->None:
+    "Refuse a model file whose bytes differ from the SHA-256 its stage recorded when it wrote it (edited metadata, bits or weights)"
+    for f, row, index in files:
+        if row.get('sha256') and Path(f).is_file() and file_sha256(f) != row['sha256']:
+            raise ValueError(f"{f}: its SHA-256 is not the {row['sha256'][:12]}… that {index} recorded when the file was written: the file was "
+                             "changed since (its data_config, bit assignment or weights edited, or replaced); rerun the stage that makes it")
 
 # %% ../nbs/50_validation.ipynb #ddc7d9f8
 def validate_runs(run_dir, # the run folder
@@ -386,7 +421,7 @@ def validate_runs(run_dir, # the run folder
         kw = dict(threads=threads) if r.kind == 'onnx' else {}
         v = validate(load_predictor(r.file, r.kind, **kw), ds, split, out/f'{r.run}.csv', batch_size, n, seed,
                      export_dir=export_dir, progress=progress)
-        v.info.update(baseline=r.baseline, stage=r.stage, tag=r.tag, avg_bits=r.avg_bits); results.append(v)
+        v.info.update(baseline=r.baseline, stage=r.stage, tag=r.tag, avg_bits=r.avg_bits, source_sha256=r.source_sha256); results.append(v)
     record_runs(out, results, ds)
     return results
 
@@ -397,7 +432,7 @@ ENTRY_METRICS = ('acc', 'worst_group', 'worst_group_acc', 'best_group', 'gap_pp'
 def _run_entry(v:Validation, out:Path, ds:GroupDataset)->dict:
     m, i = v.metrics, v.info
     return dict(run=v.run, csv=v.path.name, baseline=i.get('baseline'), model_file=i['model_file'], kind=i['kind'],
-                precision=i['precision'], sha256=i['sha256'], stage=i.get('stage'), tag=i.get('tag'), split=i['split'],
+                precision=i['precision'], sha256=i['sha256'], source_sha256=i.get('source_sha256'), stage=i.get('stage'), tag=i.get('tag'), split=i['split'],
                 n=i['n'], n_split=i['n_split'], subset_seed=i['subset_seed'], avg_bits=i.get('avg_bits'), **{k: m[k] for k in ENTRY_METRICS}, top5_acc=m['top5_acc'],
                 classes=list(ds.classes), groups=list(ds.groups), ids_sha1=i['ids_sha1'], dataset_sha1=i['dataset_sha1'])
 
@@ -411,11 +446,16 @@ def _refresh(e:dict, out:Path)->dict:
 
 def record_runs(out, # the 50_validation folder
                 results:Sequence[Validation], ds:GroupDataset)->Path:
-    "Add (or replace, by run) the runs of `results` in `out/runs.json`, keeping earlier runs whose CSV still exists"
+    "Add (or replace, by run) the runs of `results` in `out/runs.json`, keeping earlier runs whose CSV still exists and whose model comes from the same checkpoint"
     out, f = Path(out), Path(out)/'runs.json'
     old = load_json(f)['runs'] if f.exists() else []
     new = [_run_entry(v, out, ds) for v in results]
     keep = [_refresh(e, out) for e in old if e['run'] not in {e['run'] for e in new} and (out/e['csv']).exists()]
+    src = {e['tag']: e.get('source_sha256') for e in new if e.get('source_sha256')}
+    stale = [e for e in keep if src.get(e.get('tag')) and e.get('source_sha256') and e['source_sha256'] != src[e['tag']]]
+    if stale: print(f"{f}: {[e['run'] for e in stale]} were validated from an older checkpoint of their model than {[e['run'] for e in new]}; "
+                    "taken out of runs.json (their CSVs stay) so that no analysis pairs them: rerun their stages and validate them again")
+    keep = [e for e in keep if e not in stale]
     other = [e['run'] for e in keep if new and e['ids_sha1'] != new[0]['ids_sha1']]
     if other: print(f"{f}: {other} were validated on other images (another split or subset) than {[e['run'] for e in new]}; "
                     "60_bias_analysis pairs runs image by image and will refuse them together: revalidate them or analyse them apart")

@@ -12,7 +12,7 @@ from fairquant.onnx_int8 import (CalibReader, convert_checkpoint, write_models_i
                                  run_onnx, onnx_avg_bits, weight_count, ONNX_FORMAT, META_KEYS)
 
 CLASSES, GROUPS = ['a', 'b', 'c'], ['g0', 'g1']
-ROW_KEYS = {'run', 'tag', 'precision', 'file', 'baseline', 'source_checkpoint', 'size_bytes', 'avg_bits', 'options'}
+ROW_KEYS = {'run', 'tag', 'precision', 'file', 'baseline', 'source_checkpoint', 'size_bytes', 'avg_bits', 'options', 'source_sha256', 'sha256'}
 
 
 @pytest.fixture(scope='module')
@@ -45,6 +45,9 @@ def test_models_json_rows(stage):
     assert [r['precision'] for r in idx] == ['fp32', 'int8-static', 'int8-dynamic']
     # average weight bits: 32 for the export; INT8 quantizes every Linear and the patch convolution of Swin
     assert [r['avg_bits'] for r in idx] == [32.0, 8.0, 8.0]
+    # provenance and integrity: the checkpoint each row was made from, and each file's own SHA-256 as written
+    from fairquant.core import file_sha256
+    assert len({r['source_sha256'] for r in idx}) == 1 and all(file_sha256(out/r['file']) == r['sha256'] for r in idx)
 
 
 def test_avg_bits_counts_float_weights_at_32(stage, tmp_path):
