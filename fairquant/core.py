@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #4de28868
 from __future__ import annotations
-import os, re, sys, json, random, shutil, socket, hashlib, subprocess, tempfile, contextlib, datetime
+import os, re, sys, json, errno, random, shutil, socket, hashlib, subprocess, tempfile, contextlib, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -12,12 +12,12 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'STAGE_HEADING', 'Registry', 'clean_stale_temps',
-           'atomic_path', 'scratch_dir', 'replace_dir', 'atomic_dir', 'temp_dir_beside', 'save_json', 'load_json',
-           'save_csv', 'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header', 'read_safetensors',
-           'write_safetensors', 'file_sha256', 'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes',
-           'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit', 'reference_dir',
-           'nbs_dir', 'notebook_parameters', 'param_type_error', 'check_pipeline', 'run_pipeline', 'cell_directives',
-           'stage_cells', 'stage_notebook', 'run_pipeline_cli']
+           'atomic_path', 'disk_full_names', 'scratch_dir', 'replace_dir', 'atomic_dir', 'temp_dir_beside', 'save_json',
+           'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header',
+           'read_safetensors', 'write_safetensors', 'file_sha256', 'stage_dir', 'new_run_dir', 'require_stage',
+           'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit',
+           'reference_dir', 'nbs_dir', 'notebook_parameters', 'param_type_error', 'check_pipeline', 'run_pipeline',
+           'cell_directives', 'stage_cells', 'stage_notebook', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -73,11 +73,19 @@ def atomic_path(path, # final file name
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent); os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        with disk_full_names(path): yield tmp
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; give the file the mode a plain open() would
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+@contextlib.contextmanager
+def disk_full_names(path):
+    "Re-raise 'no space left on device' (errno 28, which names no file) naming the file or folder being written"
+    try: yield
+    except OSError as e:
+        if e.errno != errno.ENOSPC or str(path) in str(e): raise
+        raise OSError(errno.ENOSPC, f"no space left on the device while writing {path} (free space there, or point the run elsewhere)", str(path)) from e
 
 # %% ../nbs/00_core.ipynb #86433c37
 SCRATCH_ROOT = 'fairquant-scratch'
@@ -120,7 +128,7 @@ def atomic_dir(path, # final folder name
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True); clean_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent))
     try:
-        yield tmp
+        with disk_full_names(path): yield tmp
         os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700 folders
         if replace: replace_dir(tmp, path); return
         try: os.replace(tmp, path)

@@ -547,6 +547,9 @@ def check_grid_dir(grid_dir)->Path:
     if other and not any((p/m).is_file() for m in ('plan.json', 'grid.yaml')):
         raise FileExistsError(f"grid folder {p}: holds {other[:5]}{' …' if len(other) > 5 else ''} but no plan.json: not a grid folder; "
                               "a grid replaces the step folders it owns, so it only runs in a new, empty or grid folder")
+    q = next(x for x in [p, *p.parents] if x.exists())   # the folder that will hold it
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise PermissionError(f"grid folder {p}: {q} is not writable by this user; choose a folder you can write (checked before any worker starts)")
     return p
 
 def connect(scheduler:str=None, # 'tcp://HOST:PORT' of a running scheduler; None: a local cluster
@@ -1026,6 +1029,7 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
              report:bool=True, # write report.html (the executed report section of 70_experiments)
              progress:bool=True)->pd.DataFrame: # print the plan and one line per stage and step
     "Run a grid on Dask, skipping finished steps; writes the summary, verdict and report; returns the summary (or, with dry_run, the plan)"
+    if not scheduler and not (isinstance(workers, int) and workers >= 1): raise ValueError(f"workers={workers!r}: expected at least 1 local worker process")
     g = load_grid(grid)
     grid_dir = check_grid_dir(grid_dir or project_root()/'runs'/f"grid-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     nbs = Path(nbs or nbs_dir()).resolve()
