@@ -33,7 +33,7 @@ __all__ = ['SPLITS', 'REQUIRED_COLUMNS', 'DATASETS', 'register_dataset', 'SYNTH_
            'load_isic2019', 'read_fairface_csv', 'fairface_parquet_files', 'parquet_class_names',
            'extract_parquet_images', 'read_fairface_parquet', 'load_fairface', 'read_celeba_attrs',
            'read_celeba_partition', 'load_celeba', 'build_transform', 'counts_table', 'plot_samples',
-           'dataset_identity', 'save_stage_dataset', 'open_stage_dataset']
+           'dataset_identity', 'save_stage_dataset', 'file_sha1s', 'open_stage_dataset']
 
 # %% ../nbs/00_datasets.ipynb #e36cf003
 SPLITS = ('train', 'val', 'test')
@@ -88,10 +88,14 @@ def to_rgb8(im:Image.Image, path)->Image.Image:
     raise ValueError(f"{path}: image mode {im.mode!r} ({'32-bit integer' if im.mode == 'I' else 'floating-point' if im.mode == 'F' else 'unusual'} "
                      "pixels) has no defined 8-bit RGB reading; convert it to 8-bit RGB or greyscale first")
 
-def read_image(path)->Image.Image:
-    "Open an image file as 8-bit RGB, fully decoded (`to_rgb8`); errors name the file"
+def read_image(path, sha1:str=None)->Image.Image: # sha1: the file's recorded SHA-1, checked before decoding
+    "Open an image file as 8-bit RGB, fully decoded (`to_rgb8`); errors name the file (and its changed bytes, given `sha1`)"
     try:
-        with Image.open(path) as im:
+        with open(path, 'rb') as fh: b = fh.read()
+        if sha1 and hashlib.sha1(b).hexdigest() != sha1:
+            raise ValueError(f"{path}: its bytes changed since 00_datasets recorded them (SHA-1 {sha1[:12]}…); the models and results of this "
+                             "run folder were made from the old image: rerun 00_datasets and the stages after it")
+        with Image.open(io.BytesIO(b)) as im:
             im.load(); return to_rgb8(im, path)
     except FileNotFoundError: raise FileNotFoundError(f"{path}: image file not found") from None
     except ValueError as e:
@@ -105,10 +109,11 @@ class ImageGroupDataset(torch.utils.data.Dataset):
     def __init__(self, table:pd.DataFrame, root, transform:Callable=None):
         self.paths = [_resolve(root, p) for p in table.path]
         self.ids, self.labels, self.groups = table.image_id.tolist(), table.label.tolist(), table.group.tolist()
+        self.sha1 = table.file_sha1.tolist() if 'file_sha1' in table.columns else [None]*len(self.paths)   # recorded by 00_datasets
         self.transform = transform or _to_tensor
     def __len__(self): return len(self.paths)
     def __getitem__(self, i):
-        try: img = read_image(self.paths[i])
+        try: img = read_image(self.paths[i], self.sha1[i] if isinstance(self.sha1[i], str) and self.sha1[i] else None)
         except (FileNotFoundError, ValueError) as e: raise type(e)(f"{e} (image_id {self.ids[i]!r}, item {i})") from None
         return self.transform(img), int(self.labels[i]), int(self.groups[i])
 
@@ -1102,10 +1107,21 @@ GroupDataset.identity = dataset_identity
 def save_stage_dataset(ds:GroupDataset, run_dir)->Path:
     "Write dataset.json (root relative to the folder when inside the run), images.csv and counts.csv into run_dir/00_datasets; returns that folder"
     d = stage_dir(run_dir, '00_datasets')
-    save_csv(ds.table.drop(columns=['source_row'], errors='ignore'), d/'images.csv')
+    t = ds.table.drop(columns=['source_row'], errors='ignore')
+    if 'file_sha1' not in t.columns: t = t.assign(file_sha1=file_sha1s(ds))
+    save_csv(t, d/'images.csv')
     save_csv(counts_table(ds), d/'counts.csv', index=True)
     save_json(dict(root=_stored_root(ds.root, d), identity=ds.identity(), report=ds.report), d/'dataset.json')
     return d
+
+def file_sha1s(ds:GroupDataset, progress:bool=True)->list:
+    "SHA-1 of every image file of `ds` in table order ('' for a file that is absent): what every later read of the image is checked against"
+    out = []
+    for p in tqdm(ds.table.path, desc='hashing images', leave=False, disable=not progress or len(ds) < 5000):
+        try:
+            with open(_resolve(ds.root, p), 'rb') as fh: out.append(hashlib.sha1(fh.read()).hexdigest())
+        except FileNotFoundError: out.append('')
+    return out
 
 def _stored_root(root, d:Path)->str:
     "The dataset root as dataset.json keeps it: relative to its folder when it lies inside the run folder (a moved or copied run, or grid, reads its own images), else absolute"
@@ -1122,7 +1138,8 @@ def open_stage_dataset(run_dir, # the run folder
         if kw['name'] == 'synthetic' and 'root' not in kw: kw['root'] = d/'synthetic'
         save_stage_dataset(get_dataset(**kw), run_dir)
     spec = load_json(d/'dataset.json'); idn = spec['identity']
-    t = read_table(d/'images.csv', dtype={'image_id': str}).drop(columns='source_row')
+    t = read_table(d/'images.csv', dtype={'image_id': str, 'file_sha1': str}).drop(columns='source_row')
+    if 'file_sha1' in t.columns: t['file_sha1'] = t.file_sha1.fillna('')   # '' for a file that was absent
     root = Path(spec['root']) if os.path.isabs(spec['root']) else d/spec['root']   # relative: to this 00_datasets folder
     ds = GroupDataset(idn['name'], root, idn['classes'], idn['groups'], t, idn['options'], spec.get('report', {}))
     if ds.identity()['table_sha1'] != idn['table_sha1']:

@@ -1096,7 +1096,7 @@ def grid_cli(argv=None):
             except ValueError: p.error(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
         summary = run_grid(load_grid(raw, 'the embedded default grid' if a.grid is None else name), a.grid_dir, a.workers,
                            a.scheduler, a.dry_run, a.threads, a.timeout, report=not a.no_report)
-    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError, ConnectionError, RuntimeError) as e: p.error(str(e))
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ConnectionError, RuntimeError) as e: p.error(str(e))
     if a.dry_run: return
     print('\n' + format_summary(summary))
     f = Path(summary.attrs.get('grid_dir', '.'))/'verdict.csv'

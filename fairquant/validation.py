@@ -266,7 +266,8 @@ def validate(model, # a `Predictor`, or a model file for `load_predictor`
     ids = rows.image_id.astype(str).tolist()
     key = dict(model_sha256=pred.sha256, kind=pred.kind, classes=pred.classes, data_config=pred.data_config,
                dataset_sha1=dataset_identity(ds)['table_sha1'], split=split,
-               ids_sha1=hashlib.sha1('\n'.join(ids).encode()).hexdigest(), batch_size=batch_size, chunk_batches=chunk_batches)
+               ids_sha1=hashlib.sha1('\n'.join(ids).encode()).hexdigest(), batch_size=batch_size, chunk_batches=chunk_batches,
+               files_sha1=hashlib.sha1('\n'.join(rows.file_sha1.astype(str)).encode()).hexdigest() if 'file_sha1' in rows.columns else None)   # other image bytes: other chunks
     out = Path(out) if out is not None else None
     run = out.stem if out is not None else pred.path.stem
     store = PartialStore(out.parent/f'{out.stem}.partial', key) if out is not None else None

@@ -171,6 +171,11 @@ def test_bad_inputs_refused_before_anything_runs(tmp_path, capsys):
     (tmp_path/'file').write_text('not a folder')
     _refused(capsys, [write('ok.yaml'), '--grid_dir', str(tmp_path/'file')], "is a file, not a folder", tmp_path/'file')
     _refused(capsys, [str(tmp_path/'nope.yaml'), '--grid_dir', str(g)], "nope.yaml: grid file not found", g)
+    (tmp_path/'dup.yaml').write_text(yaml.safe_dump(GRID) + "seeds: [5]\n")            # a key given twice: not last-wins
+    _refused(capsys, [str(tmp_path/'dup.yaml'), '--grid_dir', str(g)], "key 'seeds' given twice", g)
+    _refused(capsys, [write('t.yaml', models=[{'name': 'vit_mini', 'trian': {'lr': 0.01}}]), '--grid_dir', str(g)], "unknown key(s) ['trian']", g)
+    _refused(capsys, [write('e.yaml', params={'10_finetune_vit_swin': {'epochs': 2.5}}), '--grid_dir', str(g)], "parameter epochs=2.5 is a float; expected int", g)
+    _refused(capsys, [write('w.yaml'), '--grid_dir', str(g), '--workers', '0'], "workers=0: expected at least 1", g)
 
 def test_failed_step_is_recorded_and_exits_1(tmp_path):
     "A shared step that fails (an option the dataset does not take) is recorded with its log; the cells that need it are marked failed; exit 1"
