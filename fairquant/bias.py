@@ -18,6 +18,7 @@ from fairlearn.metrics import MetricFrame, count
 from .core import scratch_dir, save_csv, save_figure, save_json, stage_dir, reference_dir, git_commit, read_csv
 from . import metrics as fqm   # the one definition of every number: gaps, fairness differences, the bootstrap, the per-group plot
 from .metrics import boot_group_acc, confusion_by_group, percentile_ci, worst_best_groups
+from .validation import validation_baselines, validated_csvs   # 50_validation's reader of its runs.json
 
 # %% auto #0
 __all__ = ['PCT', 'SUMMARY_COLS', 'STUDY_CLASSES', 'FAIRFACE_RACES', 'EXAMPLE_FILES', 'EXAMPLE_BASELINE', 'read_table',

@@ -16,10 +16,14 @@ from onnx import helper, numpy_helper
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
-from .core import (scratch_dir, atomic_path, save_json, load_json, save_csv, read_csv, require_stage, stage_dir)
+from .core import (scratch_dir, atomic_path, save_json, load_json, save_csv, read_csv, require_stage, stage_dir, save_figure)
 from .metrics import group_metrics, boot_group_acc, percentile_ci, run_intervals, paired_deltas
-from .datasets import open_stage_dataset
-from .onnx_int8 import (load_onnx, read_onnx_meta, set_onnx_meta, run_name, calibration_mix, QUANT_OPTIONS)
+from .datasets import open_stage_dataset, build_transform
+from .finetune import example_run
+from .mixed_precision import quant_layers, quantizer
+from .onnx_int8 import (load_onnx, read_onnx_meta, set_onnx_meta, run_name, calibration_mix, QUANT_OPTIONS, CalibReader,
+                                 calibration_batches, convert_checkpoint, export_onnx, extract_calibration, optimized_graph,
+                                 quantize_int8, read_calibration, select_calibration, split_images, time_sessions, write_models_index)
 
 # %% auto #0
 __all__ = ['LAYER_OPS', 'SQNR_CAP', 'OWN', 'GRID_CONFIGS', 'example_int8_run', 'val_subset', 'save_variant', 'quantized_layers',
@@ -38,16 +42,12 @@ def example_int8_run(dest, # run folder to fill (00, 10 from `example_run`, then
                      tags:Sequence[str]=('vit_mini', 'resnet18'), calib_n:int=16, calib_strategy:str='balanced', seed:int=0)->Path:
     "A small run folder with stages 00, 10 (`example_run`) and 40 (FP32 + static INT8 ONNX of `tags`, calibration), built once per process"
     import shutil
-    from fairquant.finetune import example_run
-    from fairquant.datasets import open_stage_dataset
-    from fairquant.onnx_int8 import (extract_calibration, read_calibration, CalibReader, calibration_batches, split_images,
-                                     convert_checkpoint, write_models_index)
     key, dest = (tuple(tags), calib_n, calib_strategy, seed), Path(dest)
     if key not in _EXAMPLES or not (_EXAMPLES[key]/'40_onnx_int8'/'models.json').exists():
         src = example_run(Path(scratch_dir('fq45_ex_'))/'run')   # the cached vit_mini + resnet18
         ds, out = open_stage_dataset(src), stage_dir(src, '40_onnx_int8')
         cal = extract_calibration(ds, out/'calibration', calib_n, calib_strategy, 'val', seed)
-        man = read_calibration(cal, ds.classes, ds.groups)
+        man = read_calibration(cal, ds.classes, ds.groups, ds)
         shutil.copyfile(cal/'manifest.csv', out/'calibration'/'manifest.csv')
         rows = []
         cks = load_json(src/'10_finetune_vit_swin'/'checkpoints.json')['checkpoints']
@@ -68,7 +68,6 @@ def val_subset(ds, data_config:dict, # a `GroupDataset` and the model's data con
                n:int=0, seed:int=0, # images to take (0: all), seeded
                split:str='val')->tuple: # the split to take them from (`test` only to report, never to choose)
     "(images (N,3,H,W) float32, labels, group indices, image ids) of a seeded subset of a split (val by default)"
-    from fairquant.datasets import build_transform
     t = ds.split(split).reset_index(drop=True)
     if not len(t): raise ValueError(f"the dataset's {split!r} split has no images")
     rows = np.sort(np.random.default_rng(seed).choice(len(t), n, replace=False)) if 0 < n < len(t) else np.arange(len(t))
@@ -190,7 +189,6 @@ def _run_all(sess, x:np.ndarray, feed_name:str=None)->dict:
 def optimized_ops(model:onnx.ModelProto, threads:int=1)->dict:
     "Op type → count in the graph onnxruntime really runs for `model` (ORT_ENABLE_ALL, read back from its optimized model file)"
     from collections import Counter
-    from fairquant.onnx_int8 import optimized_graph
     with tempfile.TemporaryDirectory(prefix='fq_opt_') as td:
         onnx.save(model, str(Path(td)/'m.onnx'))
         return dict(Counter(n.op_type for n in optimized_graph(Path(td)/'m.onnx', threads).graph.node))
@@ -377,7 +375,6 @@ def localise_torch(qmodel:torch.nn.Module, # a fake-quantized model (`load_quant
                    x:torch.Tensor, codes:np.ndarray, groups:Sequence[str], # images, their group indices, group names
                    batch_size:int=32)->pd.DataFrame:
     "Per fake-quantized layer and group: SQNR of the quantized layer fed the FP32 model's input to it alone (see `sqnr_table`)"
-    from fairquant.mixed_precision import quant_layers, quantizer
     ql = [k.removesuffix('.weight') for k, m in quant_layers(qmodel).items() if quantizer(m) is not None]
     if not ql: raise ValueError("the model has no fake-quantized layer (no FakeQuant weight parametrization)")
     fm, qm = dict(fp32_model.named_modules()), dict(qmodel.eval().named_modules())
@@ -509,7 +506,6 @@ def requantize(fp32_path, out_path, # the FP32 ONNX file and the INT8 file to wr
                ds, data_config:dict, # the dataset and the model's data config
                n:int, strategy:str, split:str='val', seed:int=0)->tuple: # the calibration selection (`select_calibration`)
     "Quantize `fp32_path` again with the same recipe but another calibration selection; (recipe, selection rows)"
-    from fairquant.onnx_int8 import select_calibration, calibration_batches, CalibReader, quantize_int8
     sel = select_calibration(ds, n, strategy, split, seed)
     man = sel.assign(path=[str(p if Path(p).is_absolute() else Path(ds.root)/p) for p in sel.path],
                      group=[ds.groups[g] for g in sel.group], label=[ds.classes[c] for c in sel.label])
@@ -582,7 +578,6 @@ def _group_images(n:int, minority:float, seed:int)->tuple:
 def example_group_net(dest, # folder to write fp32.onnx and int8.onnx into
                       n_train:int=2000, epochs:int=8, seed:int=0)->dict:
     "A small CNN (5 weight layers) trained on two groups whose features differ, exported and statically quantized by stage 40's functions"
-    from fairquant.onnx_int8 import export_onnx, quantize_int8, CalibReader
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     xt, yt, gt = _group_images(n_train, 0.2, seed + 1)
     torch.manual_seed(seed)
@@ -795,7 +790,6 @@ def fair_search(S:dict, tag:str, # `stage_inputs`, and the tag to do
                 eps:float=1.0, n_val:int=0, n_boot:int=1000, threads:int=2, batch_size:int=32, seed:int=0, progress:bool=True)->dict:
     "Localise tag's static INT8 model on val and run the fallback; writes layer_group_sqnr.csv, heatmap.png, fallback.csv"
     import matplotlib.pyplot as plt
-    from fairquant.core import save_figure
     ds, d = S['ds'], S['out']/tag; d.mkdir(parents=True, exist_ok=True)
     fpath, qpath = S['d40']/S['fp32'][tag]['file'], S['d40']/S['static'][tag]['file']
     mf = read_onnx_meta(fpath, classes=ds.classes, groups=ds.groups); read_onnx_meta(qpath, classes=ds.classes, groups=ds.groups)
@@ -868,7 +862,6 @@ def _drop_cols(d:dict, prefix:str='')->dict:
 def fair_report(S:dict, R:dict, # `stage_inputs` and the tag's results
                 eps:float=1.0, n_test:int=0, n_boot:int=1000, threads:int=2, batch_size:int=32, seed:int=0)->tuple:
     "Size, speed, and every variant's numbers on val and its worst-group drop on test; writes fallback.json; (models.json rows, closing rows)"
-    from fairquant.onnx_int8 import time_sessions
     ds, tag, res, groups = S['ds'], R['tag'], R['res'], S['ds'].groups
     paths = {'fp32': R['fpath'], 'int8-static': R['qpath'], **R['files']}
     sess = {k: session(p, threads) for k, p in paths.items()}

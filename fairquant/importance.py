@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .core import (scratch_dir, write_safetensors, Registry, atomic_path, temp_dir_beside, save_json, load_json, save_csv, save_figure, stage_dir,
+from .core import (scratch_dir, write_safetensors, Registry, atomic_path, temp_dir_beside, replace_dir, save_json, load_json, save_csv, save_figure, stage_dir,
                             require_stage, git_commit)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, Checkpoint
@@ -492,13 +492,6 @@ def check_names(ck:Checkpoint, ds:GroupDataset, source=None):
         if a != b: raise ValueError(f"{ck.path}: checkpoint {what} {a} differ from the dataset's {what} {b}"
                                     f"{f' ({source})' if source else ''}: this checkpoint was not trained on this dataset")
 
-def _swap_dir(tmp:Path, dest:Path):
-    "Put the finished folder `tmp` at `dest`, replacing an older one"
-    old = dest.parent/f'.{dest.name}.old'
-    if old.exists(): shutil.rmtree(old)
-    if dest.exists(): os.replace(dest, old)
-    os.replace(tmp, dest); shutil.rmtree(old, ignore_errors=True)
-
 # %% ../nbs/20_importance.ipynb #g7000003
 def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
                               ds:GroupDataset, # the run's dataset
@@ -520,6 +513,7 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
                                 "expected every group among the calibration images (use balance=True, more batches, or the other split)")
     blind_batches = [(x, y, torch.zeros_like(g)) for x, y, g in blind_batches]   # one group: 'all'
     common = dict(classes=list(ds.classes), checkpoint=str(checkpoint or ck.path), checkpoint_sha256=ck.meta['weights']['sha256'],
+                  dataset_sha1=ds.identity()['table_sha1'],   # the dataset the maps were drawn from (stage 30 checks it)
                   model=ck.meta['model']['name'])
     meta = dict(common, groups=groups, **aware)
     blind_meta = dict(common, groups=['all'], blind=True, dataset_groups=groups, **blind_draw)   # images_per_group: real names
@@ -552,7 +546,7 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
                        timings=timing, totals=totals, files=files,
                        disagreement_measure="1 - min over group pairs of |top-10% A ∩ top-10% B| / |top-10%|", git_commit=git_commit())
         save_json(summary, tmp/'summary.json')
-        _swap_dir(tmp, dest)
+        replace_dir(tmp, dest)   # the older maps stay until these are complete
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dict(tag=dest.name, checkpoint=common['checkpoint'], checkpoint_sha256=common['checkpoint_sha256'], model=common['model'],
                 classes=common['classes'], groups=groups, metrics=list(metrics), split=split, n_images=aware['n_images'], **files)

@@ -818,13 +818,17 @@ def importance_file(run_dir, tag:str, cfg:QuantConfig)->Path:
 
 def load_scores(path, # an importance file of 20_importance
                 cfg:QuantConfig, model:nn.Module, groups:Sequence[str], unprivileged:str=None,
-                checkpoint_sha256:str=None)->dict: # refuse maps computed for other weights
+                checkpoint_sha256:str=None, # refuse maps computed for other weights
+                dataset_sha1:str=None)->dict: # refuse maps drawn from another dataset (its `identity()['table_sha1']`)
     "{weight name: reduced importance map}, checked against the model's layers, the checkpoint and the dataset's groups"
     maps, meta = load_importance(path)
     if checkpoint_sha256 and not meta.get('checkpoint_sha256'):
         raise ValueError(f"{path}: records no checkpoint SHA-256, so nothing ties it to these weights; recompute it with 20_importance")
     if checkpoint_sha256 and meta['checkpoint_sha256'] != checkpoint_sha256:
         raise ValueError(f"{path}: computed for weights with SHA-256 {meta['checkpoint_sha256'][:12]}…, not this checkpoint's {checkpoint_sha256[:12]}…")
+    if dataset_sha1 and meta.get('dataset_sha1') != dataset_sha1:
+        raise ValueError(f"{path}: drawn from {'another dataset' if meta.get('dataset_sha1') else 'a dataset it does not record'} "
+                         f"(table SHA-1 {str(meta.get('dataset_sha1'))[:12]}, this run's {dataset_sha1[:12]}); recompute it with 20_importance on this run folder")
     if cfg.metric and meta.get('metric') != cfg.metric:
         raise ValueError(f"{path}: holds {meta.get('metric')!r} importance; configuration {cfg.name!r} ranks units by {cfg.metric!r}")
     layers = {k: weight_shape(m) for k, m in quant_layers(model).items()}
@@ -940,7 +944,7 @@ def run_config(run_dir, # run folder with 00_datasets, 10_finetune_vit_swin (and
     val = split_data(ds, 'val', tf, s.n_val or None, s.seed, cache=True) if cfg.trains and s.epochs else None
     for sp in (train, val):
         if sp is not None and len(sp) == 0: raise ValueError(f"dataset {ds.name!r}: the {sp.name} split has no images; {cfg.name} trains on train and logs val")
-    scores = load_scores(imp, cfg, model, ds.groups, unpriv, ck.meta['weights']['sha256']) if imp else None
+    scores = load_scores(imp, cfg, model, ds.groups, unpriv, ck.meta['weights']['sha256'], ds.identity()['table_sha1']) if imp else None
     final = stage_dir(run_dir, '30_mixed_precision')/row['tag']/cfg.name
     with atomic_dir(final, replace=True) as d:   # built beside the old result, which stays until this one is complete
         log = _logger(d/'training.log')

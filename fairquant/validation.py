@@ -29,7 +29,7 @@ __all__ = ['MODEL_KINDS', 'ENTRY_METRICS', 'softmax64', 'Predictor', 'guess_kind
            'onnx_predictor', 'mixed_predictor', 'check_names', 'select_rows', 'PartialStore', 'Validation',
            'memory_metrics', 'row_images', 'validate', 'copy_atomic', 'control_maker', 'find_models',
            'model_source_sha', 'check_provenance', 'check_integrity', 'validate_runs', 'record_runs', 'group_table',
-           'group_rows', 'validation_baselines']
+           'group_rows', 'validation_baselines', 'validated_csvs']
 
 # %% ../nbs/50_validation.ipynb #daa7f3b7
 def softmax64(logits)->np.ndarray:
@@ -500,3 +500,12 @@ def validation_baselines(run_dir, # the run folder
     classes = {tuple(e['classes']) for e in entries if e['run'] in names}
     if len(classes) > 1: raise ValueError(f"{d/'runs.json'}: runs disagree on the class names: {sorted(classes)}")
     return pairs, list(classes.pop()) if classes else None
+
+def validated_csvs(run_dir)->tuple: # ([CSV paths of the runs runs.json registers], [other *.csv in the folder])
+    "The per-image CSVs `50_validation` registered in runs.json (what stage 60 analyses), and the folder's other CSVs, which it ignores"
+    d = require_stage(run_dir, '50_validation', 'runs.json', needed_by='60_bias_analysis')
+    entries = load_json(d/'runs.json')['runs']
+    gone = [e['csv'] for e in entries if not (d/e['csv']).is_file()]
+    if gone: raise FileNotFoundError(f"{d/'runs.json'}: registered CSV(s) {gone[:5]} are missing from {d}; rerun 50_validation")
+    own = [d/e['csv'] for e in entries]
+    return own, sorted(p for p in d.glob('*.csv') if p not in set(own))

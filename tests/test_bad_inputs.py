@@ -286,17 +286,19 @@ def test_importance_groups_differ_from_data(tmp_path, ck):
     _check(lambda: mp.load_scores(p, mp.get_config('fq_qat'), ck.model, ['light', 'dark']), ValueError, str(p),
            "groups ['dark', 'light'] differ from the dataset's ['light', 'dark']")
 
-@pytest.mark.parametrize('case', ['other metric', 'no checkpoint hash', 'other checkpoint'])
+@pytest.mark.parametrize('case', ['other metric', 'no checkpoint hash', 'other checkpoint', 'other dataset'])
 def test_importance_provenance(tmp_path, ck, case):
     "Maps are refused unless they carry the checkpoint's hash and the configuration's metric"
     layers = {k: mp.weight_shape(m) for k, m in mp.quant_layers(ck.model).items()}
     meta = {k: 0 for k in imp.IMPORTANCE_META} | dict(groups=['light', 'dark'], classes=list(ck.classes), metric='grape', checkpoint_sha256='a'*64)
-    meta |= {'other metric': dict(metric='hawq'), 'no checkpoint hash': dict(checkpoint_sha256=None), 'other checkpoint': {}}[case]
+    meta |= {'other metric': dict(metric='hawq'), 'no checkpoint hash': dict(checkpoint_sha256=None), 'other checkpoint': {}, 'other dataset': dict(dataset_sha1='d'*40)}[case]
     p = imp.save_importance({k: torch.rand(2, *s) for k, s in layers.items()}, tmp_path/'i.safetensors', **meta)
     frag = {'other metric': "holds 'hawq' importance; configuration 'fq_qat' ranks units by 'grape'",
-            'no checkpoint hash': "records no checkpoint SHA-256", 'other checkpoint': "computed for weights with SHA-256 aaaaaaaaaaaa"}[case]
-    sha = 'a'*64 if case == 'other metric' else 'b'*64
-    _check(lambda: mp.load_scores(p, mp.get_config('fq_qat'), ck.model, ['light', 'dark'], checkpoint_sha256=sha), ValueError, str(p), frag)
+            'no checkpoint hash': "records no checkpoint SHA-256", 'other checkpoint': "computed for weights with SHA-256 aaaaaaaaaaaa",
+            'other dataset': "drawn from another dataset (table SHA-1 dddddddddddd, this run's cccccccccccc)"}[case]
+    sha = 'a'*64 if case in ('other metric', 'other dataset') else 'b'*64
+    _check(lambda: mp.load_scores(p, mp.get_config('fq_qat'), ck.model, ['light', 'dark'], checkpoint_sha256=sha,
+                                  dataset_sha1='c'*40 if case == 'other dataset' else None), ValueError, str(p), frag)
 
 def test_importance_unknown_reducer():
     _check(lambda: imp.reduce_importance(_maps(), 'median'), KeyError, "unknown reducer 'median'", "known: balanced, cvar, max, mean, subtractive")
