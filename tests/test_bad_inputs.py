@@ -6,18 +6,24 @@ Each case below feeds exactly ONE fault into an otherwise valid input and assert
 its message that a user needs (the file/row/option AND the expectation). Count them with
 `.venv/bin/python -m pytest -q tests/test_bad_inputs.py --co`.
 
-| category                                    | inputs | clear error | counted skip | loud warning | silent acceptance left |
-|---------------------------------------------|-------:|------------:|-------------:|-------------:|----------------------------------------:|
-| datasets (CSV, images, archives, folders)   |     25 |          24 |         1(*) |            0 |                                       0 |
-| checkpoints (weights, sidecar, names)       |      8 |           8 |            0 |            0 |                                       0 |
-| importance files, metrics, reducers (20)    |     11 |          11 |            0 |            0 |                                       0 |
-| quantization config, bits, budgets (30)     |     21 |          20 |            0 |            1 |                                       0 |
-| ONNX files (40/50)                          |      4 |           4 |            0 |            0 |                                       0 |
-| per-image CSVs (60)                         |     23 |          23 |            0 |            0 |                                       0 |
-| CLI arguments (fairquant-run, -finetune)    |     10 |          10 |            0 |            0 |                                       0 |
-| stage order (run folder missing a stage)    |      6 |           6 |            0 |            0 |                                       0 |
-| validation split / table without a group    |      2 |           2 |            0 |            0 |                                       0 |
-| **total**                                   |**110** |     **108** |    **1**(*) |        **1** |                                   **0** |
+| category                                    | inputs | clear error | counted skip | loud warning | read correctly | silent acceptance left |
+|---------------------------------------------|-------:|------------:|-------------:|-------------:|---------------:|-----------------------:|
+| datasets (CSV, images, archives, folders)   |     33 |          30 |         1(*) |            0 |        2(**)   |                      0 |
+| checkpoints (weights, sidecar, names)       |      8 |           8 |            0 |            0 |            0   |                      0 |
+| importance files, metrics, reducers (20)    |     15 |          15 |            0 |            0 |            0   |                      0 |
+| quantization config, bits, budgets (30)     |     21 |          20 |            0 |            1 |            0   |                      0 |
+| calibration folders and manifests (40)      |      7 |           7 |            0 |            0 |            0   |                      0 |
+| ONNX files (40/50)                          |      4 |           4 |            0 |            0 |            0   |                      0 |
+| per-image CSVs (60)                         |     23 |          23 |            0 |            0 |            0   |                      0 |
+| CLI arguments (fairquant-run, -finetune)    |     10 |          10 |            0 |            0 |            0   |                      0 |
+| stage order (run folder missing a stage)    |      6 |           6 |            0 |            0 |            0   |                      0 |
+| validation split / table without a group    |      2 |           2 |            0 |            0 |            0   |                      0 |
+| **total**                                   |**129** |     **125** |    **1**(*) |        **1** |        **2**   |                  **0** |
+
+(**) Two inputs that were accepted silently and wrongly before (issue 21): a 16-bit greyscale PNG is now scaled to 8 bits (it
+saturated: 98 % of pixels became 255) and integer labels 0…10 are classes in numeric order (label 10 was index 2). The
+grid's plan-time checks (duplicate YAML keys, unknown keys at every depth, parameter types, onnxruntime extra_options,
+--workers 0, a folder that is not a grid's) are in tests/test_grid.py and nbs/70_experiments.ipynb.
 
 (*) missing images with `on_bad='skip'` (the user asked): dropped AND counted in `ds.report`; the corrupt-image input is
 also run that way (counted skip) after its default clear error. The loud warning is stage 30's documented contract
