@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_experiments.ipynb #71186a8f
 from __future__ import annotations
-import os, re, sys, json, time, uuid, shutil, socket, inspect, logging, datetime, traceback, contextlib, functools, itertools, dataclasses
+import os, re, sys, json, time, uuid, shutil, socket, hashlib, inspect, logging, datetime, traceback, contextlib, functools, itertools, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Sequence
@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import yaml
+import fairquant
 
 from .core import (scratch_dir, Registry, STAGES, PRED_COLUMNS, save_json, load_json, save_csv, save_figure, read_csv,
                             atomic_path, require_stage, check_pipeline, run_pipeline, nbs_dir, git_commit,
@@ -27,12 +28,12 @@ from .onnx_int8 import weight_count, check_quant_options
 __all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'ASSEMBLE_OPTIONS', 'MODEL_KEYS', 'TOPIC', 'GRID_MARKERS',
            'SUMMARY_COLUMNS', 'SEED_METRICS', 'CONTRASTS', 'VERDICT_COLUMNS', 'TINY_PARAMS', 'GridConfig',
            'register_grid_config', 'GridLoader', 'dataset_options', 'load_grid', 'Step', 'Cell', 'Plan',
-           'merge_config_params', 'plan_grid', 'run_step', 'merge_validations', 'step_state', 'check_grid_dir',
-           'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits', 'CellData', 'read_cell', 'paired',
-           'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table',
-           'convergence_warnings', 'pareto_mask', 'plot_pareto', 'plot_delta_heatmap', 'group_acc_table', 'load_plan',
-           'summarize_grid', 'render_html', 'write_report', 'plan_table', 'run_grid', 'format_summary', 'grid_cli',
-           'tiny_grid']
+           'merge_config_params', 'plan_grid', 'run_step', 'merge_validations', 'step_state', 'code_fingerprint',
+           'stale_steps', 'check_grid_dir', 'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits',
+           'CellData', 'read_cell', 'paired', 'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds',
+           'verdict_sentence', 'verdict_table', 'convergence_warnings', 'pareto_mask', 'plot_pareto',
+           'plot_delta_heatmap', 'group_acc_table', 'load_plan', 'summarize_grid', 'render_html', 'write_report',
+           'plan_table', 'run_grid', 'format_summary', 'grid_cli', 'tiny_grid']
 
 # %% ../nbs/70_experiments.ipynb #46d2dd78
 DEFAULT_GRID = """\
@@ -535,6 +536,32 @@ def step_state(grid_dir, step:Step)->str:
         return 'done'
     return 'failed' if (run/'failed.json').exists() else 'todo'
 
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(stages:tuple, nbs:str)->str:
+    "SHA-1 of the code a step runs: the code cells of its stage notebooks (not their saved outputs) and the package's modules"
+    h = hashlib.sha1()
+    for st in stages:
+        nb = json.loads((Path(nbs)/f'{st}.ipynb').read_text())
+        for c in nb['cells']:
+            if c['cell_type'] == 'code': h.update(''.join(c['source']).encode())
+    for p in sorted(Path(fairquant.__file__).parent.glob('*.py')): h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()
+
+def stale_steps(grid_dir, steps:Sequence[Step], states:dict, nbs)->dict:
+    "{key: why} of the finished steps whose code changed since they ran, or that need a step redone after them (or stale itself)"
+    by, rec, out = {s.key: s for s in steps}, {}, {}
+    for s in steps:
+        if states[s.key] == 'done': rec[s.key] = load_json(Path(grid_dir)/s.run_dir/'done.json')
+    for s in steps:   # steps come in dependency order: a step's dependencies are decided before it
+        if s.key not in rec: continue
+        r = rec[s.key]
+        code = r.get('info', {}).get('code')   # `_submit` puts it in the step's info, which done.json keeps
+        if code != code_fingerprint(tuple(s.stages), str(nbs)):
+            out[s.key] = 'its code changed since it ran' if code else 'it records no code fingerprint (an older grid)'
+        elif bad := [d for d in s.deps if d in out or d not in rec or rec[d].get('finished', '') > r.get('finished', '')]:
+            out[s.key] = f"{bad[0]}, which it needs, {'is stale' if bad[0] in out else 'was redone after it'}"
+    return out
+
 # %% ../nbs/70_experiments.ipynb #9e108dd6
 GRID_MARKERS = ('plan.json', 'grid.yaml', '.grid.lock')
 
@@ -986,11 +1013,11 @@ def plan_table(plan:Plan, states:dict)->pd.DataFrame:
 
 def _show_plan(plan, states, grid_dir, say):
     g, shared = plan.grid, plan.steps
-    todo = sum(states[c.step] != 'done' for c in plan.cells)
+    todo = sum(states[c.step] not in ('done', 'stale') for c in plan.cells)
     say(f"grid {g['name']!r} in {grid_dir}: {len(g['datasets'])} dataset(s) × {len(g['models'])} model(s) × {len(g['configs'])} configuration(s)"
         + (f" × budgets {[f'{b:g}' for b in g['budgets']]}" if g['budgets'] else '') + f" × {len(g['seeds'])} seed(s) = {len(plan.cells)} cells "
         f"({todo} to run) in {len(shared)} steps (" + ', '.join(f"{k} {sum(s.kind == k for s in shared)}" for k in dict.fromkeys(s.kind for s in shared))
-        + f"; {sum(states[s.key] != 'done' for s in shared)} to run)")
+        + f"; {sum(states[s.key] not in ('done', 'stale') for s in shared)} to run)")
     say('cells:\n' + plan_table(plan, states).to_string(index=False))
 
 # %% ../nbs/70_experiments.ipynb #8553840a
@@ -1001,9 +1028,10 @@ def _submit(client, steps, states, grid_dir, nbs, threads, prog)->dict:
     from distributed import as_completed
     futs, token, out = {}, uuid.uuid4().hex[:8], {}
     for s in steps:
-        if states[s.key] == 'done': continue
+        if states[s.key] in ('done', 'stale'): continue   # stale: kept, as the user chose (--rerun-stale redoes it)
         deps = [futs.get(d, dict(key=d, status='done')) for d in s.deps]
-        futs[s.key] = client.submit(run_step, asdict(s), str(grid_dir), str(nbs), threads, *deps, key=f'{s.key}#{token}',
+        spec = dict(asdict(s), info={**s.info, 'code': code_fingerprint(tuple(s.stages), str(nbs))})   # what `stale_steps` compares later
+        futs[s.key] = client.submit(run_step, spec, str(grid_dir), str(nbs), threads, *deps, key=f'{s.key}#{token}',
                                     pure=False, priority=_PRIORITY.get(s.kind, 10))
     step_of, by_key = {f.key: k for k, f in futs.items()}, {s.key: s for s in steps}
     for f in as_completed(list(futs.values())):
@@ -1027,6 +1055,7 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
              timeout:float=5, # seconds the scheduler has to answer
              nbs=None, # folder of the stage notebooks (default: the checkout's nbs/)
              report:bool=True, # write report.html (the executed report section of 70_experiments)
+             rerun_stale:bool=False, # redo finished steps whose code changed since they ran (and the steps after them)
              progress:bool=True)->pd.DataFrame: # print the plan and one line per stage and step
     "Run a grid on Dask, skipping finished steps; writes the summary, verdict and report; returns the summary (or, with dry_run, the plan)"
     if not scheduler and not (isinstance(workers, int) and workers >= 1): raise ValueError(f"workers={workers!r}: expected at least 1 local worker process")
@@ -1036,6 +1065,10 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
     plan = plan_grid(g, nbs)
     states = {s.key: step_state(grid_dir, s) for s in plan.steps}
     prog = _Progress(plan.cells, progress)
+    stale = stale_steps(grid_dir, plan.steps, states, nbs)
+    for k in stale: states[k] = 'todo' if rerun_stale else 'stale'
+    if stale: prog.say(f"{len(stale)} finished step(s) are stale, e.g. {next(iter(stale))}: {next(iter(stale.values()))}; "
+                       + ("they run again (--rerun-stale)" if rerun_stale else "their results are kept as they are and reported; --rerun-stale redoes them"))
     _show_plan(plan, states, grid_dir, prog.say)
     if dry_run: return plan_table(plan, states)
     if threads is None and not scheduler: threads = max(1, (os.cpu_count() or 1)//workers)
@@ -1088,6 +1121,7 @@ def grid_cli(argv=None):
     p.add_argument('--timeout', type=float, default=5, help='seconds the scheduler has to answer (default 5)')
     p.add_argument('--dry-run', action='store_true', help='show the plan and stop')
     p.add_argument('--no-report', action='store_true', help='skip report.html (the summary, verdict and figure are still written)')
+    p.add_argument('--rerun-stale', action='store_true', help='redo finished steps whose code changed since they ran, and the steps after them')
     a = p.parse_args(argv)
     try:
         raw, name = _read_grid(DEFAULT_GRID if a.grid is None else a.grid)
@@ -1095,7 +1129,7 @@ def grid_cli(argv=None):
             try: raw['seeds'] = [int(s) for s in a.seeds.split(',')]
             except ValueError: p.error(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
         summary = run_grid(load_grid(raw, 'the embedded default grid' if a.grid is None else name), a.grid_dir, a.workers,
-                           a.scheduler, a.dry_run, a.threads, a.timeout, report=not a.no_report)
+                           a.scheduler, a.dry_run, a.threads, a.timeout, report=not a.no_report, rerun_stale=a.rerun_stale)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ConnectionError, RuntimeError) as e: p.error(str(e))
     if a.dry_run: return
     print('\n' + format_summary(summary))
