@@ -129,6 +129,7 @@ def test_local_cluster_gives_identical_summary(resumed, tmp_path):
     g, g2 = resumed[0], tmp_path/'grid2'
     for sub in ('data', 'vit_p8/train', 'vit_p8/importance'):
         shutil.copytree(g/'shared/synthetic-s0'/sub, g2/'shared/synthetic-s0'/sub, symlinks=True)
+    shutil.copyfile(g/'plan.json', g2/'plan.json')   # a grid folder (a folder of other things is refused)
     s2 = run_grid(GRID, g2, workers=2, threads=1, report=False, progress=False)
     pd.testing.assert_frame_equal(pd.read_csv(g2/'summary.csv'), pd.read_csv(g/'summary.csv'))
     fct.test_eq(s2.status.tolist(), ['done']*7)
@@ -180,13 +181,13 @@ def test_bad_inputs_refused_before_anything_runs(tmp_path, capsys):
 def test_failed_step_is_recorded_and_exits_1(tmp_path):
     "A shared step that fails (an option the dataset does not take) is recorded with its log; the cells that need it are marked failed; exit 1"
     f, g = tmp_path/'fail.yaml', tmp_path/'grid'
-    f.write_text(yaml.safe_dump({**tiny_grid(configs=('fp32',)), 'datasets': [{'name': 'synthetic', 'options': {'n': 300, 'no_such_option': 1}}]}))
+    f.write_text(yaml.safe_dump({**tiny_grid(configs=('fp32',)), 'datasets': [{'name': 'synthetic', 'options': {'n': 300, 'split_fractions': [0.5, 0.6, 0.1]}}]}))
     r = subprocess.run([*_cmd(), str(f), '--grid_dir', str(g), '--workers', '1', '--threads', '1'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 cell(s) did not finish: synthetic/vit_p8/s0/fp32 (failed)" in r.stderr, r.stderr[-3000:]
     data = load_json(g/'shared/synthetic-s0/data/failed.json')
-    assert data['error'].startswith('00_datasets: ') and 'no_such_option' in data['error'], data['error']
-    assert 'no_such_option' in (g/'shared/synthetic-s0/data/step.log').read_text()
+    assert data['error'].startswith('00_datasets: ') and 'summing to 1' in data['error'], data['error']
+    assert 'expected 3 non-negative numbers summing to 1' in (g/'shared/synthetic-s0/data/step.log').read_text()
     step = load_json(g/'shared/synthetic-s0/vit_p8/fixed/failed.json')
     assert "needs ['train/synthetic/s0/vit_p8']" in step['error'] or "needs ['data/synthetic/s0'" in step['error'], step['error']
     fct.test_eq(pd.read_csv(g/'summary.csv').status.tolist(), ['failed'])

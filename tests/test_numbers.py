@@ -368,7 +368,8 @@ def test_stage45_requantize_calibrates_on_the_split_asked(run, split, monkeypatc
         while (b := reader.get_next()) is not None: xs.append(b[reader.input_name])
         seen['x'] = np.concatenate(xs)
         return dict(mode=mode)
-    monkeypatch.setattr(o, 'quantize_int8', fake_quantize)
+    import fairquant.fair_int8 as f45
+    monkeypatch.setattr(f45, 'quantize_int8', fake_quantize)   # where requantize looks it up
     for strategy in o.CALIB_STRATEGIES.names:
         _, man = requantize(run/'40_onnx_int8'/'vit_mini'/'vit_mini-fp32.onnx', Path('unused.onnx'), {}, ds, dc, 10, strategy, split, seed=4)
         _from_split(ds, man, split)
