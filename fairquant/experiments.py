@@ -25,13 +25,13 @@ from .mixed_precision import CONFIGS, read_runs
 from .onnx_int8 import weight_count, check_quant_options
 
 # %% auto #0
-__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'ASSEMBLE_OPTIONS', 'MODEL_KEYS', 'TOPIC', 'GRID_MARKERS',
-           'SUMMARY_COLUMNS', 'SEED_METRICS', 'CONTRASTS', 'VERDICT_COLUMNS', 'TINY_PARAMS', 'GridConfig',
-           'register_grid_config', 'GridLoader', 'dataset_options', 'load_grid', 'Step', 'Cell', 'Plan',
-           'merge_config_params', 'plan_grid', 'run_step', 'merge_validations', 'step_state', 'code_fingerprint',
-           'stale_steps', 'check_grid_dir', 'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits',
-           'CellData', 'read_cell', 'paired', 'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds',
-           'verdict_sentence', 'verdict_table', 'convergence_warnings', 'pareto_mask', 'plot_pareto',
+__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'ASSEMBLE_OPTIONS', 'MODEL_KEYS', 'TOPIC', 'RESUME_DIRS',
+           'GRID_MARKERS', 'SUMMARY_COLUMNS', 'SEED_METRICS', 'CONTRASTS', 'VERDICT_COLUMNS', 'TINY_PARAMS',
+           'GridConfig', 'register_grid_config', 'GridLoader', 'dataset_options', 'load_grid', 'Step', 'Cell', 'Plan',
+           'merge_config_params', 'plan_grid', 'clear_for_rerun', 'run_step', 'merge_validations', 'step_state',
+           'code_fingerprint', 'stale_steps', 'check_grid_dir', 'connect', 'check_shared_fs', 'checkpoint_weights',
+           'result_bits', 'CellData', 'read_cell', 'paired', 'cell_numbers', 'cell_row', 'seed_summary',
+           'combine_seeds', 'verdict_sentence', 'verdict_table', 'convergence_warnings', 'pareto_mask', 'plot_pareto',
            'plot_delta_heatmap', 'group_acc_table', 'load_plan', 'summarize_grid', 'render_html', 'write_report',
            'plan_table', 'run_grid', 'format_summary', 'grid_cli', 'tiny_grid']
 
@@ -417,7 +417,7 @@ def plan_grid(grid, # a grid (file, text or dict: see `load_grid`) or what `load
         if bad: raise ValueError(f"{g['name']}: params.{bad[0]}")
     return Plan(g, steps, cells)
 
-# %% ../nbs/70_experiments.ipynb #06a91e08
+# %% ../nbs/70_experiments.ipynb #5c46bf84
 TOPIC = 'fairquant-grid'
 
 def _event(**msg):
@@ -439,14 +439,38 @@ def _output_to(log:Path):
             sys.stdout.flush(); sys.stderr.flush()
             os.dup2(saved[0], 1); os.dup2(saved[1], 2); os.close(saved[0]); os.close(saved[1])
 
+# %% ../nbs/70_experiments.ipynb #6cbba2ac
 def _link(run:Path, stage:str, target:Path):
     "A relative symlink run/stage -> target (the grid folder can move)"
     if not target.is_dir(): raise FileNotFoundError(f"{target}: shared stage folder missing")
     os.symlink(os.path.relpath(target, run), run/stage)
 
-def _log_name(step:Step)->str: return 'step.log'
+# %% ../nbs/70_experiments.ipynb #867ecc8e
+RESUME_DIRS = ('10_finetune_vit_swin/*/resume',)   # what a rerun of a failed step keeps (each stage's own resume state)
 
-# %% ../nbs/70_experiments.ipynb #8de14a65
+def clear_for_rerun(run:Path)->list:
+    "Empty a step's run folder for a new attempt, keeping its resume state; returns the kept folders (relative)"
+    run = Path(run)
+    if not run.exists(): run.mkdir(parents=True); return []
+    real = lambda p: not any((run/q).is_symlink() for q in [*p.relative_to(run).parents][:-1] + [p.relative_to(run)])
+    kept = [p for pat in RESUME_DIRS for p in run.glob(pat) if p.is_dir() and real(p)]   # never through a link to another step
+    if not kept: shutil.rmtree(run); run.mkdir(parents=True); return []
+    keep = Path(tempfile.mkdtemp(prefix='.resume-', dir=run.parent))
+    rel = [p.relative_to(run) for p in kept]
+    for r in rel: (keep/r).parent.mkdir(parents=True, exist_ok=True); os.replace(run/r, keep/r)
+    shutil.rmtree(run); run.mkdir(parents=True)
+    for r in rel: (run/r).parent.mkdir(parents=True, exist_ok=True); os.replace(keep/r, run/r)
+    shutil.rmtree(keep)
+    return [str(r) for r in rel]
+
+# %% ../nbs/70_experiments.ipynb #3b35b91e
+def _finish(run:Path, s:Step, res:dict, status:str, t0:float, error:str=None)->dict:
+    res.update(status=status, seconds=round(time.time() - t0, 1), error=error)
+    rec = dict(res, spec=s.spec(), info=s.info, host=socket.gethostname(), git_commit=git_commit(),
+               finished=datetime.datetime.now().isoformat(timespec='seconds'))
+    save_json(rec, run/('done.json' if status == 'done' else 'failed.json'))
+    return res
+
 def run_step(step:dict, # a `Step` as a dict (what `plan_grid` made)
              grid_dir:str, # the grid folder
              nbs:str=None, # folder of the stage notebooks
@@ -454,10 +478,9 @@ def run_step(step:dict, # a `Step` as a dict (what `plan_grid` made)
              *deps:dict)->dict: # the results of the steps it depends on
     "Run one step's stages with papermill in its own folder; writes done.json or failed.json; returns {key, status, seconds, ...}"
     s = Step(**step); run = Path(grid_dir)/s.run_dir; t0 = time.time()
-    if run.exists(): shutil.rmtree(run)
-    run.mkdir(parents=True); log = run/_log_name(s)
+    kept = clear_for_rerun(run); log = run/'step.log'
     if threads: os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    res = dict(key=s.key, kind=s.kind, log=str(log), stages={})
+    res = dict(key=s.key, kind=s.kind, log=str(log), stages={}, resumed_from=kept)
     failed = [d['key'] for d in deps if d.get('status') != 'done']
     if failed:
         log.write_text(f"not run: the step(s) it needs failed: {failed}\n")
@@ -465,6 +488,7 @@ def run_step(step:dict, # a `Step` as a dict (what `plan_grid` made)
     try:
         with _output_to(log):
             print(f"== {s.key} on {socket.gethostname()} pid {os.getpid()}, {datetime.datetime.now().isoformat(timespec='seconds')}", flush=True)
+            if kept: print(f"resuming from the state a failed attempt left: {kept}", flush=True)
             stage = 'links'
             for st, target in s.links.items(): _link(run, st, Path(grid_dir)/target)
             if s.merge: merge_validations(run, {run/k: v for k, v in s.merge['sources'].items()}, s.merge['baselines'])
@@ -480,13 +504,6 @@ def run_step(step:dict, # a `Step` as a dict (what `plan_grid` made)
         what = f"{e.ename}: {e.evalue}" if hasattr(e, 'ename') else f"{type(e).__name__}: {e}"   # a papermill error: the notebook's exception
         return _finish(run, s, res, 'failed', t0, error=f"{stage}: {' '.join(what.split())[:2000]}")
     return _finish(run, s, res, 'done', t0)
-
-def _finish(run:Path, s:Step, res:dict, status:str, t0:float, error:str=None)->dict:
-    res.update(status=status, seconds=round(time.time() - t0, 1), error=error)
-    rec = dict(res, spec=s.spec(), info=s.info, host=socket.gethostname(), git_commit=git_commit(),
-               finished=datetime.datetime.now().isoformat(timespec='seconds'))
-    save_json(rec, run/('done.json' if status == 'done' else 'failed.json'))
-    return res
 
 # %% ../nbs/70_experiments.ipynb #6f161d5b
 def merge_validations(run_dir, # the run folder to get the merged 50_validation/
@@ -523,7 +540,7 @@ def merge_validations(run_dir, # the run folder to get the merged 50_validation/
     save_json(dict(runs=list(runs.values()), merged_from=[str(s) for s in sources], git_commit=git_commit()), out/'runs.json')
     return out
 
-# %% ../nbs/70_experiments.ipynb #eda7c304
+# %% ../nbs/70_experiments.ipynb #54cb5da1
 def step_state(grid_dir, step:Step)->str:
     "'done', 'failed' or 'todo'; a step done with other settings is an error naming its folder"
     run = Path(grid_dir)/step.run_dir
@@ -536,6 +553,7 @@ def step_state(grid_dir, step:Step)->str:
         return 'done'
     return 'failed' if (run/'failed.json').exists() else 'todo'
 
+# %% ../nbs/70_experiments.ipynb #2d931b11
 @functools.lru_cache(maxsize=None)
 def code_fingerprint(stages:tuple, nbs:str)->str:
     "SHA-1 of the code a step runs: the code cells of its stage notebooks (not their saved outputs) and the package's modules"
@@ -547,6 +565,7 @@ def code_fingerprint(stages:tuple, nbs:str)->str:
     for p in sorted(Path(fairquant.__file__).parent.glob('*.py')): h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()
 
+# %% ../nbs/70_experiments.ipynb #4934a731
 def stale_steps(grid_dir, steps:Sequence[Step], states:dict, nbs)->dict:
     "{key: why} of the finished steps whose code changed since they ran, or that need a step redone after them (or stale itself)"
     by, rec, out = {s.key: s for s in steps}, {}, {}
@@ -562,7 +581,7 @@ def stale_steps(grid_dir, steps:Sequence[Step], states:dict, nbs)->dict:
             out[s.key] = f"{bad[0]}, which it needs, {'is stale' if bad[0] in out else 'was redone after it'}"
     return out
 
-# %% ../nbs/70_experiments.ipynb #9e108dd6
+# %% ../nbs/70_experiments.ipynb #64bf7809
 GRID_MARKERS = ('plan.json', 'grid.yaml', '.grid.lock')
 
 def check_grid_dir(grid_dir)->Path:
@@ -579,6 +598,7 @@ def check_grid_dir(grid_dir)->Path:
         raise PermissionError(f"grid folder {p}: {q} is not writable by this user; choose a folder you can write (checked before any worker starts)")
     return p
 
+# %% ../nbs/70_experiments.ipynb #8aa5fb3f
 def connect(scheduler:str=None, # 'tcp://HOST:PORT' of a running scheduler; None: a local cluster
             workers:int=1, # local worker processes (ignored with a scheduler)
             timeout:float=5)->tuple: # seconds a scheduler has to answer
@@ -593,7 +613,7 @@ def connect(scheduler:str=None, # 'tcp://HOST:PORT' of a running scheduler; None
                            memory_limit=0, silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
-# %% ../nbs/70_experiments.ipynb #bb42843e
+# %% ../nbs/70_experiments.ipynb #061f2fd3
 def _sees(token:str, text:str, nbs:str)->str:
     "On a worker: '' when the token file holds `text` and the notebooks are there, else what is wrong"
     try: ok = Path(token).read_text() == text
@@ -616,7 +636,7 @@ def check_shared_fs(client, # a Dask client
                                + ". Run the grid in a folder (and a checkout) that every worker mounts at the same path")
     return len(seen)
 
-# %% ../nbs/70_experiments.ipynb #8c991147
+# %% ../nbs/70_experiments.ipynb #10b9bbe9
 @contextlib.contextmanager
 def _grid_lock(grid_dir:Path):
     "One fairquant-grid per grid folder: a second one (alive, on this host) is refused"
@@ -629,6 +649,7 @@ def _grid_lock(grid_dir:Path):
     try: yield
     finally: f.unlink(missing_ok=True)
 
+# %% ../nbs/70_experiments.ipynb #98360c60
 class _Progress:
     "Console lines: one per stage and per step, with the time since the grid started and the cells finished"
     def __init__(self, cells:list, show:bool):
@@ -1039,7 +1060,7 @@ def _submit(client, steps, states, grid_dir, nbs, threads, prog)->dict:
         try: r = f.result()
         except Exception as e:   # the task itself died (a killed worker, or a step it needed died): record it here
             s = by_key[k]; run = Path(grid_dir)/s.run_dir; run.mkdir(parents=True, exist_ok=True)
-            r = _finish(run, s, dict(key=k, kind=s.kind, log=str(run/_log_name(s)), stages={}), 'failed', time.time(),
+            r = _finish(run, s, dict(key=k, kind=s.kind, log=str(run/'step.log'), stages={}), 'failed', time.time(),
                         error=f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
         out[k] = r; prog.step(r)
     time.sleep(0.3)   # let the last progress events arrive
