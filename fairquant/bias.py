@@ -21,12 +21,13 @@ from .metrics import boot_group_acc, confusion_by_group, percentile_ci, worst_be
 from .validation import validation_baselines, validated_csvs   # 50_validation's reader of its runs.json
 
 # %% auto #0
-__all__ = ['PCT', 'SUMMARY_COLS', 'STUDY_CLASSES', 'FAIRFACE_RACES', 'EXAMPLE_FILES', 'EXAMPLE_BASELINE', 'read_table',
-           'parse_lists', 'to_names', 'read_preds', 'pair_runs', 'resolve_paths', 'group_is_label', 'read_run_csvs',
-           'cells', 'metric_frame', 'class_metrics', 'per_group', 'per_run', 'summarise', 'fairness_table',
-           'fairness_gaps', 'resolve_baseline', 'mcnemar_exact', 'compare_runs', 'bootstrap_cis', 'BiasReport',
-           'analyse', 'plot_overall', 'plot_group_acc', 'plot_group_delta', 'plot_gaps', 'plot_confusion', 'save_plots',
-           'write_report', 'label_map_from_pairs', 'relabel_map', 'relabel', 'study_example']
+__all__ = ['PCT', 'SUMMARY_COLS', 'MAX_MATRIX_CLASSES', 'STUDY_CLASSES', 'FAIRFACE_RACES', 'EXAMPLE_FILES', 'EXAMPLE_BASELINE',
+           'read_table', 'parse_lists', 'to_names', 'read_preds', 'pair_runs', 'resolve_paths', 'group_is_label',
+           'read_run_csvs', 'cells', 'metric_frame', 'class_metrics', 'per_group', 'per_run', 'summarise',
+           'fairness_table', 'fairness_gaps', 'resolve_baseline', 'mcnemar_exact', 'compare_runs', 'bootstrap_cis',
+           'BiasReport', 'analyse', 'plot_overall', 'plot_group_acc', 'plot_group_delta', 'plot_gaps', 'plot_confusion',
+           'confused_pairs', 'plot_confused_pairs', 'save_plots', 'write_report', 'label_map_from_pairs', 'relabel_map',
+           'relabel', 'study_example']
 
 # %% ../nbs/60_bias_analysis.ipynb #0f8b70a3
 def _at(i:int)->str: return f"row {i} (line {i+2})"
@@ -562,6 +563,28 @@ def plot_confusion(long:pd.DataFrame, run:str, ax=None):
     ax.figure.colorbar(im, ax=ax, fraction=0.046)
     return ax
 
+# %% ../nbs/60_bias_analysis.ipynb #1ea424f7
+MAX_MATRIX_CLASSES = 20   # above this a confusion matrix is unreadable: the most-confused pairs instead
+
+def confused_pairs(long:pd.DataFrame, # long table from `read_run_csvs`
+                   run:str, k:int=20)->pd.DataFrame:
+    "The `k` most frequent errors (true class → top-1 prediction) of one run: count and share of the true class's images"
+    d = long[long.run == run]
+    t, p = d.true_label.astype(str), d.pred.astype(str)
+    c = pd.DataFrame(dict(true_label=t[t != p], predicted=p[t != p])).value_counts().rename('n').reset_index()
+    c['share_of_true'] = c.n / c.true_label.map(t.value_counts())
+    return c.sort_values(['n', 'true_label', 'predicted'], ascending=[False, True, True]).head(k).reset_index(drop=True).assign(run=run)
+
+def plot_confused_pairs(long:pd.DataFrame, run:str, k:int=20, ax=None):
+    "The most-confused pairs of one run as horizontal bars (share of the true class's images)"
+    c = confused_pairs(long, run, k)
+    ax = ax or plt.subplots(figsize=(8, 1.2 + 0.32 * max(len(c), 1)))[1]
+    ax.barh(range(len(c)), c.share_of_true, color='C3')
+    ax.set_yticks(range(len(c)), [f'{a} → {b}  (n={n})' for a, b, n in zip(c.true_label, c.predicted, c.n)], fontsize=8)
+    ax.invert_yaxis(); ax.set_xlim(0, 1)
+    ax.set(xlabel="share of the true class's images", title=f'{run}: the {len(c)} most frequent confusions')
+    return ax
+
 # %% ../nbs/60_bias_analysis.ipynb #78029daa
 def _slug(s:str)->str: return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(s)).strip('_') or 'run'
 
@@ -571,7 +594,9 @@ def save_plots(rep:BiasReport, out_dir)->list:
     figs = [('overall_accuracy', plot_overall(rep.summary)), ('group_accuracy', plot_group_acc(rep.group_metrics)),
             ('gap', plot_gaps(rep.summary))]
     if rep.pairs: figs.append(('group_delta', plot_group_delta(rep.group_metrics)))
-    figs += [(f'confusion_{_slug(r)}', plot_confusion(rep.long, r)) for r in rep.summary.run]
+    many = len(rep.long.true_label.cat.categories) > MAX_MATRIX_CLASSES   # unreadable as a matrix: the most-confused pairs
+    figs += [(f'confused_pairs_{_slug(r)}', plot_confused_pairs(rep.long, r)) if many else (f'confusion_{_slug(r)}', plot_confusion(rep.long, r))
+             for r in rep.summary.run]
     for name, ax in figs:
         paths.append(save_figure(ax.figure, out_dir/f'{name}.png')); plt.close(ax.figure)
     return paths
@@ -585,6 +610,8 @@ def write_report(rep:BiasReport, # from `analyse`
     out_dir = Path(out_dir)
     paths = [save_csv(rep.summary, out_dir/'summary.csv'), save_csv(rep.group_metrics, out_dir/'group_metrics.csv'),
              save_csv(rep.class_metrics, out_dir/'class_metrics.csv'), save_csv(rep.fairness, out_dir/'fairness_gaps.csv')]
+    if len(rep.long.true_label.cat.categories) > MAX_MATRIX_CLASSES:
+        paths.append(save_csv(pd.concat([confused_pairs(rep.long, r) for r in rep.summary.run], ignore_index=True), out_dir/'confused_pairs.csv'))
     files = rep.long.groupby('run', observed=True, sort=False).file.first().astype(str).to_dict()
     meta = dict(runs=files, baselines=rep.pairs, pairing=rep.pairing, positive=rep.positive, n_boot=rep.n_boot, seed=rep.seed,
                 bootstrap='paired (same images for every run), stratified by group (each group keeps its n)', ci_level=0.95,

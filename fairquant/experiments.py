@@ -25,15 +25,16 @@ from .mixed_precision import CONFIGS, read_runs
 from .onnx_int8 import weight_count, check_quant_options
 
 # %% auto #0
-__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'ASSEMBLE_OPTIONS', 'MODEL_KEYS', 'TOPIC', 'RESUME_DIRS',
-           'GRID_MARKERS', 'SUMMARY_COLUMNS', 'SEED_METRICS', 'CONTRASTS', 'VERDICT_COLUMNS', 'TINY_PARAMS',
-           'GridConfig', 'register_grid_config', 'GridLoader', 'dataset_options', 'load_grid', 'Step', 'Cell', 'Plan',
-           'merge_config_params', 'plan_grid', 'clear_for_rerun', 'run_step', 'merge_validations', 'step_state',
-           'code_fingerprint', 'stale_steps', 'check_grid_dir', 'connect', 'check_shared_fs', 'checkpoint_weights',
-           'result_bits', 'CellData', 'read_cell', 'paired', 'cell_numbers', 'cell_row', 'seed_summary',
-           'combine_seeds', 'verdict_sentence', 'verdict_table', 'convergence_warnings', 'pareto_mask', 'plot_pareto',
-           'plot_delta_heatmap', 'group_acc_table', 'load_plan', 'summarize_grid', 'render_html', 'write_report',
-           'plan_table', 'run_grid', 'format_summary', 'grid_cli', 'tiny_grid']
+__all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'ASSEMBLE_OPTIONS', 'MODEL_KEYS', 'EMBEDDED', 'REAL_SCALE',
+           'TOPIC', 'RESUME_DIRS', 'GRID_MARKERS', 'SUMMARY_COLUMNS', 'SEED_METRICS', 'CONTRASTS', 'VERDICT_COLUMNS',
+           'TINY_PARAMS', 'GridConfig', 'register_grid_config', 'GridLoader', 'dataset_options', 'resolve_root',
+           'set_roots', 'load_grid', 'Step', 'Cell', 'Plan', 'merge_config_params', 'plan_params', 'plan_grid',
+           'clear_for_rerun', 'run_step', 'merge_validations', 'step_state', 'code_fingerprint', 'stale_steps',
+           'check_grid_dir', 'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits', 'CellData', 'read_cell',
+           'paired', 'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table',
+           'convergence_warnings', 'pareto_mask', 'plot_pareto', 'plot_delta_heatmap', 'group_acc_table', 'load_plan',
+           'summarize_grid', 'render_html', 'write_report', 'plan_table', 'run_grid', 'format_summary', 'grid_cli',
+           'tiny_grid']
 
 # %% ../nbs/70_experiments.ipynb #46d2dd78
 DEFAULT_GRID = """\
@@ -166,7 +167,10 @@ def _check_datasets(d, name)->list:
         if bad := sorted(set(opts) - set(known)): raise ValueError(f"{name}: datasets[{i}].options: unknown option(s) {bad} of dataset {e['name']!r}; known: {known}")
         if e['name'] == 'synthetic' and 'seed' in opts:
             raise ValueError(f"{name}: datasets[{i}]: options.seed is set by the grid (each grid seed generates its own images); remove it")
-        out.append(dict(tag=str(e.get('tag', e['name'])), name=e['name'], root=e.get('root'), options=opts))
+        if e['name'] not in EMBEDDED and not e.get('root'):
+            raise ValueError(f"{name}: datasets[{i}] {e['name']!r} needs its local folder: give root: in the grid or --root PATH on the command line "
+                             f"(--root {e.get('tag', e['name'])}=PATH when the grid has several datasets)")
+        out.append(dict(tag=str(e.get('tag', e['name'])), name=e['name'], root=resolve_root(e.get('root')), options=opts))
     _unique([e['tag'] for e in out], 'dataset tags', name)
     return out
 
@@ -237,6 +241,39 @@ def _check_seeds(d, name)->list:
     if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in s): raise ValueError(f"{name}: seeds {s!r}: expected integers ≥ 0")
     _unique(s, 'seeds', name)
     return list(s)
+
+# %% ../nbs/70_experiments.ipynb #b9c42991
+EMBEDDED = ('synthetic',)   # the datasets the notebooks' small defaults are sized for
+
+REAL_SCALE = {   # what a stage runs with on any other dataset, unless the grid's `params` say otherwise
+    '10_finetune_vit_swin': dict(img_size=None, crop_pct=None, n_train=0, n_val=0, epochs=10, patience=3, batch_size=64),
+    '20_importance': dict(n_batches=32, batch_size=32, hawq_samples=4),
+    '30_mixed_precision': dict(n_train=0, n_val=0, batch_size=64),
+    '40_onnx_int8': dict(calib_n=512, n_check=256),
+    '45_fair_int8': dict(n_val=0, n_test=0, n_boot=1000),
+    '50_validation': dict(n=0),
+    '60_bias_analysis': dict(n_boot=1000)}
+
+def resolve_root(root)->str|None:
+    "A dataset folder as an absolute path, resolved against the caller's working directory"
+    return None if root in (None, '') else str(Path(str(root)).expanduser().absolute())
+
+def set_roots(raw:dict, # a grid in file form (`_read_grid`)
+              roots:Sequence[str], # ['PATH'] (a one-dataset grid) or ['NAME=PATH', ...] by dataset tag or name
+             )->dict:
+    "The grid with the dataset folders given on the command line (`--root`), resolved against the working directory"
+    ds = [dict(name=d) if isinstance(d, str) else dict(d) for d in (raw.get('datasets') or [])]
+    for r in roots:
+        key, sep, path = str(r).partition('=')
+        if not sep:
+            if len(ds) != 1: raise ValueError(f"--root {r!r}: the grid has {len(ds)} datasets; say which one: --root NAME=PATH")
+            hit, path = ds, key
+        else:
+            hit = [d for d in ds if key in (d.get('tag'), d.get('name'))]
+            if not hit: raise ValueError(f"--root {r!r}: no dataset {key!r} in the grid; it has {[d.get('tag', d.get('name')) for d in ds]}")
+        if not path: raise ValueError(f"--root {r!r}: no path given")
+        for d in hit: d['root'] = resolve_root(path)
+    return dict(raw, datasets=ds)
 
 # %% ../nbs/70_experiments.ipynb #0f80395b
 def _owned(stage:str)->set:
@@ -379,6 +416,34 @@ def _bias_step(g, ds, m, seed, base, steps, cells, nbs)->Step:
                 [s.key for s in steps], dict(dataset=ds['tag'], model=tag, seed=seed, configs=[c.config for c in cells]),
                 merge=dict(sources=sources, baselines=baselines))
 
+# %% ../nbs/70_experiments.ipynb #7e5e4abb
+def _scale_params(g:dict, steps:list):
+    "Give the steps of every non-embedded dataset `REAL_SCALE` where neither the grid nor the step set a parameter"
+    real = {d['tag'] for d in g['datasets'] if d['name'] not in EMBEDDED}
+    for s in steps:
+        if s.info.get('dataset') in real:
+            for st in s.stages: s.params[st] = {**REAL_SCALE.get(st, {}), **s.params.get(st, {})}
+
+def _shown(v, n:int=160)->str:
+    t = v if isinstance(v, str) and n > 160 else repr(v)
+    return t if len(t) <= n else t[:n - 1] + '…'
+
+def plan_params(plan:Plan, nbs=None)->pd.DataFrame:
+    "Every parameter each stage of the plan runs with: its value(s) and where it comes from (grid, step, real-scale default, notebook default)"
+    nbs = str(Path(nbs or nbs_dir()).resolve()); rows = {}
+    real = {d['tag'] for d in plan.grid['datasets'] if d['name'] not in EMBEDDED}
+    for s in plan.steps:
+        for st in s.stages:
+            grid, given = plan.grid['params'].get(st, {}), s.params.get(st, {})
+            for k, d in _stage_info(st, nbs).items():
+                if k == 'run_dir': continue
+                src = ('grid' if k in grid else 'real-scale default' if s.info.get('dataset') in real and k in REAL_SCALE.get(st, {})
+                       and given[k] == REAL_SCALE[st][k] else 'the grid plan') if k in given else 'notebook default'
+                v = _shown(given[k]) if k in given else str(d['default'])
+                rows.setdefault((st, k), {}).setdefault(src, set()).add(v)
+    return pd.DataFrame([dict(stage=st, parameter=k, source=src, value=_shown(' | '.join(sorted(vs)), 200))
+                         for (st, k), by in rows.items() for src, vs in by.items()])
+
 # %% ../nbs/70_experiments.ipynb #7ac2addc
 def plan_grid(grid, # a grid (file, text or dict: see `load_grid`) or what `load_grid` returned
               nbs=None)->Plan: # folder of the stage notebooks (default: the checkout's nbs/)
@@ -408,6 +473,7 @@ def plan_grid(grid, # a grid (file, text or dict: see `load_grid`) or what `load
                 quant += st; cells += cs
                 bias.append(_bias_step(g, ds, m, seed, base, st, cs, nbs))
     steps = data + train + imp + quant + bias
+    _scale_params(g, steps)
     for st in sorted({st for s in steps for st in s.stages}, key=STAGES.index):
         names = {k for s in steps for k in s.params.get(st, {})}   # each stage's notebook is inspected once (cached)
         extra = sorted(names - set(_stage_params(st, nbs)))
@@ -1040,6 +1106,8 @@ def _show_plan(plan, states, grid_dir, say):
         f"({todo} to run) in {len(shared)} steps (" + ', '.join(f"{k} {sum(s.kind == k for s in shared)}" for k in dict.fromkeys(s.kind for s in shared))
         + f"; {sum(states[s.key] not in ('done', 'stale') for s in shared)} to run)")
     say('cells:\n' + plan_table(plan, states).to_string(index=False))
+    say('parameters of every stage (where each value comes from, and the value):\n'
+        + '\n'.join(f"  {r.stage:<21} {r.parameter:<24} {r.source:<19} {r.value}" for r in plan_params(plan).itertuples()))
 
 # %% ../nbs/70_experiments.ipynb #8553840a
 _PRIORITY = {'data': 50, 'train': 40, 'importance': 30, 'mixed': 20, 'bias': 0}   # the longest path first: train → importance → mixed → bias
@@ -1091,6 +1159,9 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
     if stale: prog.say(f"{len(stale)} finished step(s) are stale, e.g. {next(iter(stale))}: {next(iter(stale.values()))}; "
                        + ("they run again (--rerun-stale)" if rerun_stale else "their results are kept as they are and reported; --rerun-stale redoes them"))
     _show_plan(plan, states, grid_dir, prog.say)
+    missing = [f"{d['tag']}: {d['root']}" for d in g['datasets'] if d['root'] and not Path(d['root']).is_dir()]
+    if missing and dry_run: prog.say(f"note: dataset folder(s) not found on this machine: {missing} (a real run refuses them)")
+    elif missing: raise FileNotFoundError(f"dataset folder(s) not found: {missing}; give the folder that holds the dataset (--root NAME=PATH)")
     if dry_run: return plan_table(plan, states)
     if threads is None and not scheduler: threads = max(1, (os.cpu_count() or 1)//workers)
     client, cluster = connect(scheduler, workers, timeout)
@@ -1130,7 +1201,7 @@ def format_summary(df:pd.DataFrame)->str:
     return d[cols].round(dict(avg_bits=2, acc=4, worst_group_acc=4, gap_pp=2, d_worst_group_acc_pp=2, mde_pp=2)).to_string(index=False)
 
 def grid_cli(argv=None):
-    "Command line: `fairquant-grid [GRID.yaml] [--workers N] [--scheduler ADDRESS] [--dry-run] [--grid_dir DIR] [--seeds 0,1,2] [--no-report]`"
+    "Command line: `fairquant-grid [GRID.yaml] [--root [NAME=]PATH] [--workers N] [--scheduler ADDRESS] [--dry-run] [--grid_dir DIR] [--seeds 0,1,2] [--no-report]`"
     import argparse
     p = argparse.ArgumentParser(prog='fairquant-grid', description=run_grid.__doc__)
     p.add_argument('grid', nargs='?', default=None, help='grid YAML file (default: the embedded default grid)')
@@ -1138,6 +1209,8 @@ def grid_cli(argv=None):
     p.add_argument('--workers', type=int, default=1, help='local Dask worker processes (default 1)')
     p.add_argument('--scheduler', default=None, help='tcp://HOST:PORT of a Dask scheduler (its workers must share the grid folder)')
     p.add_argument('--threads', type=int, default=None, help='torch/OpenMP threads per step (default: cores / workers)')
+    p.add_argument('--root', action='append', default=[], metavar='[NAME=]PATH',
+                   help="a dataset's local folder, resolved against the working directory: PATH for a one-dataset grid, NAME=PATH per dataset (repeatable)")
     p.add_argument('--seeds', default=None, help="comma-separated seeds replacing the grid's, e.g. 0,1,2")
     p.add_argument('--timeout', type=float, default=5, help='seconds the scheduler has to answer (default 5)')
     p.add_argument('--dry-run', action='store_true', help='show the plan and stop')
@@ -1146,6 +1219,7 @@ def grid_cli(argv=None):
     a = p.parse_args(argv)
     try:
         raw, name = _read_grid(DEFAULT_GRID if a.grid is None else a.grid)
+        if a.root: raw = set_roots(raw, a.root)
         if a.seeds is not None:
             try: raw['seeds'] = [int(s) for s in a.seeds.split(',')]
             except ValueError: p.error(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1,2")

@@ -201,3 +201,23 @@ def test_studies_plan():
     fct.test_eq(sorted({c.seed for c in p.cells}), [0, 1, 2])
     for need in ('fp32', 'fp32_ft', 'uniform4_qat', 'fq_qat_blind', 'fq_qat_nofair'): assert need in p.grid['configs'], need
     fct.test_eq(len(p.cells), 2*2*3*(6 + 6*2))
+
+
+@pytest.mark.parametrize('study, dataset', [('fairface_vit_swin', 'fairface'), ('fitzpatrick17k_fairquant', 'fitzpatrick17k'),
+                                            ('isic2019_fairquant', 'isic2019')])
+def test_real_studies_dry_run(study, dataset, tmp_path, monkeypatch, capsys):
+    "Each real study plans from the command line with its root given there (resolved against the working directory) and prints every stage's parameters"
+    f = Path(__file__).parent.parent/'studies'/f'{study}.yaml'
+    with pytest.raises(SystemExit):   # a real dataset without its folder is refused, naming the option that gives it
+        grid_cli([str(f), '--dry-run'])
+    assert '--root PATH' in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    grid_cli([str(f), '--root', f'{dataset}=data/{dataset}', '--dry-run', '--grid_dir', str(tmp_path/'g')])
+    out = capsys.readouterr().out
+    assert f"'{tmp_path}/data/{dataset}'" in out                                              # resolved here, not in nbs/
+    rows = [l.split(None, 3) for l in out.split('parameters of every stage')[1].splitlines()[1:] if l.startswith('  ')]
+    src = {(r[0], r[1]): r[2] for r in rows if len(r) > 2}
+    assert src[('10_finetune_vit_swin', 'img_size')] == 'real-scale' and src[('10_finetune_vit_swin', 'n_train')] == 'real-scale'
+    assert src[('40_onnx_int8', 'calib_n')] == 'real-scale' and src[('60_bias_analysis', 'n_boot')] == 'real-scale'
+    assert src[('10_finetune_vit_swin', 'pretrained')] == 'grid'
+    assert not (tmp_path/'g').exists()                                                        # a dry run makes nothing
