@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import precision_score, precision_recall_fscore_support, recall_score, f1_score
 from fairlearn.metrics import MetricFrame, count
 
-from .core import scratch_dir, save_csv, save_figure, save_json, stage_dir, reference_dir, git_commit, read_csv
+from .core import scratch_dir, save_csv, save_figure, save_json, stage_dir, reference_dir, git_commit, read_csv, file_slug
 from . import metrics as fqm   # the one definition of every number: gaps, fairness differences, the bootstrap, the per-group plot
 from .metrics import boot_group_acc, confusion_by_group, percentile_ci, worst_best_groups
 from .validation import validation_baselines, validated_csvs   # 50_validation's reader of its runs.json
@@ -586,8 +586,6 @@ def plot_confused_pairs(long:pd.DataFrame, run:str, k:int=20, ax=None):
     return ax
 
 # %% ../nbs/60_bias_analysis.ipynb #78029daa
-def _slug(s:str)->str: return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(s)).strip('_') or 'run'
-
 def save_plots(rep:BiasReport, out_dir)->list:
     "Write the figures of `rep` as PNGs into `out_dir`; returns their paths"
     out_dir, paths = Path(out_dir), []
@@ -595,7 +593,7 @@ def save_plots(rep:BiasReport, out_dir)->list:
             ('gap', plot_gaps(rep.summary))]
     if rep.pairs: figs.append(('group_delta', plot_group_delta(rep.group_metrics)))
     many = len(rep.long.true_label.cat.categories) > MAX_MATRIX_CLASSES   # unreadable as a matrix: the most-confused pairs
-    figs += [(f'confused_pairs_{_slug(r)}', plot_confused_pairs(rep.long, r)) if many else (f'confusion_{_slug(r)}', plot_confusion(rep.long, r))
+    figs += [(f'confused_pairs_{file_slug(r)}', plot_confused_pairs(rep.long, r)) if many else (f'confusion_{file_slug(r)}', plot_confusion(rep.long, r))
              for r in rep.summary.run]
     for name, ax in figs:
         paths.append(save_figure(ax.figure, out_dir/f'{name}.png')); plt.close(ax.figure)

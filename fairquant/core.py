@@ -14,10 +14,10 @@ import numpy as np
 __all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'STAGE_HEADING', 'Registry', 'clean_stale_temps',
            'atomic_path', 'disk_full_names', 'scratch_dir', 'replace_dir', 'atomic_dir', 'temp_dir_beside', 'save_json',
            'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header',
-           'read_safetensors', 'write_safetensors', 'file_sha256', 'stage_dir', 'new_run_dir', 'require_stage',
-           'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root', 'git_commit',
-           'reference_dir', 'nbs_dir', 'notebook_parameters', 'param_type_error', 'check_pipeline', 'run_pipeline',
-           'cell_directives', 'stage_cells', 'stage_notebook', 'run_pipeline_cli']
+           'read_safetensors', 'write_safetensors', 'file_sha256', 'file_slug', 'stage_dir', 'new_run_dir',
+           'require_stage', 'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root',
+           'git_commit', 'reference_dir', 'nbs_dir', 'notebook_parameters', 'param_type_error', 'check_pipeline',
+           'run_pipeline', 'cell_directives', 'stage_cells', 'stage_notebook', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -242,6 +242,13 @@ def file_sha256(path)->str:
     with open(path, 'rb') as f:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #7dda0f1f
+def file_slug(s, # any name
+              default:str='run', # what an empty result becomes
+             )->str:
+    "`s` with every run of characters other than letters, digits, _ . - replaced by one _ (stripped; `default` if empty)"
+    return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(s)).strip('_') or default
 
 # %% ../nbs/00_core.ipynb #4d420d14
 STAGES = ['00_datasets', '10_finetune_vit_swin', '20_importance', '30_mixed_precision',
