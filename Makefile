@@ -16,10 +16,10 @@ QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
 env: $(STAMP)
 
-$(STAMP): settings.ini setup.py pyproject.toml
+$(STAMP): settings.ini setup.py pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing FairQuant and its pinned dependencies into $(VENV) (first time: about 3 minutes)"
-	@$(BIN)/python -m pip install --disable-pip-version-check -q -e ".[dev]" 2>&1 | $(QUIET_PIP)
+	@$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[dev]" 2>&1 | $(QUIET_PIP)
 	@$(BIN)/python -c "import torch, torchvision, fairquant; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'fairquant', fairquant.__version__)"
 	@touch $(STAMP)
 

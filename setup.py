@@ -29,7 +29,20 @@ pkg_data = cfg.get('package_data', None)
 if pkg_data: package_data[cfg['lib_name']] = pkg_data.split()
 setup_cfg['package_data'] = package_data
 
+from pathlib import Path
+from setuptools.command.build_py import build_py
+
+class build_py_with_notebooks(build_py):
+    "Ship the stage notebooks (papermill runs them) and the study grid files inside the package: fairquant/nbs, fairquant/studies"
+    def run(self):
+        super().run()
+        for src, pattern in (('nbs', '[0-9]*.ipynb'), ('studies', '*.yaml')):
+            out = Path(self.build_lib)/cfg['lib_path']/src
+            out.mkdir(parents=True, exist_ok=True)
+            for f in sorted(Path(src).glob(pattern)): self.copy_file(str(f), str(out/f.name))
+
 setuptools.setup(
+    cmdclass = {'build_py': build_py_with_notebooks},
     name = cfg['lib_name'],
     license_expression = lic,
     classifiers = [

@@ -16,8 +16,8 @@ __all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', '
            'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header',
            'read_safetensors', 'write_safetensors', 'file_sha256', 'file_slug', 'stage_dir', 'new_run_dir',
            'require_stage', 'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root',
-           'git_commit', 'reference_dir', 'nbs_dir', 'notebook_parameters', 'param_type_error', 'check_pipeline',
-           'run_pipeline', 'cell_directives', 'stage_cells', 'stage_notebook', 'run_pipeline_cli']
+           'git_commit', 'reference_dir', 'package_data_dir', 'nbs_dir', 'notebook_parameters', 'param_type_error',
+           'check_pipeline', 'run_pipeline', 'cell_directives', 'stage_cells', 'stage_notebook', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -383,11 +383,17 @@ PRESETS = {
     },
 }
 
+def package_data_dir(name:str)->Path|None:
+    "A folder shipped inside the installed package (`nbs`: the stage notebooks, `studies`: the study grid files), or None"
+    here = Path(__file__).resolve().parent if '__file__' in globals() else None
+    return here/name if here is not None and (here/name).is_dir() else None
+
 def nbs_dir()->Path:
-    "The `nbs/` folder of the checkout"
+    "The stage notebooks: the checkout's `nbs/` when running from one, else the copy shipped inside the installed package"
     d = project_root()/'nbs'
-    if not d.is_dir(): raise FileNotFoundError(f"{d}: notebooks folder not found (run from a FairQuant checkout)")
-    return d
+    if (project_root()/'settings.ini').exists() and d.is_dir(): return d
+    if (p := package_data_dir('nbs')) is not None: return p
+    raise FileNotFoundError(f"{d}: notebooks folder not found (run from a FairQuant checkout, or install the package from its wheel)")
 
 def notebook_parameters(path)->dict:
     "The names and defaults of a stage notebook's papermill `parameters` cell"

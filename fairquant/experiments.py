@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 import fairquant
 
-from .core import (scratch_dir, Registry, STAGES, PRED_COLUMNS, save_json, load_json, save_csv, save_figure, read_csv,
+from .core import (scratch_dir, Registry, file_slug, package_data_dir, file_sha256, atomic_dir, STAGES, PRED_COLUMNS, save_json, load_json, save_csv, save_figure, read_csv,
                             atomic_path, require_stage, check_pipeline, run_pipeline, nbs_dir, git_commit,
                             project_root, stage_notebook, cell_directives, STAGE_HEADING, param_type_error, _alive)
 from .metrics import (table_codes, table_metrics, group_metrics, run_intervals, paired_delta_draws, percentile_ci, seed_interval,
@@ -27,14 +27,14 @@ from .onnx_int8 import weight_count, check_quant_options
 # %% auto #0
 __all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'ASSEMBLE_OPTIONS', 'MODEL_KEYS', 'EMBEDDED', 'REAL_SCALE',
            'TOPIC', 'RESUME_DIRS', 'GRID_MARKERS', 'SUMMARY_COLUMNS', 'SEED_METRICS', 'CONTRASTS', 'VERDICT_COLUMNS',
-           'TINY_PARAMS', 'GridConfig', 'register_grid_config', 'GridLoader', 'dataset_options', 'resolve_root',
-           'set_roots', 'load_grid', 'Step', 'Cell', 'Plan', 'merge_config_params', 'plan_params', 'plan_grid',
-           'clear_for_rerun', 'run_step', 'merge_validations', 'step_state', 'code_fingerprint', 'stale_steps',
-           'check_grid_dir', 'connect', 'check_shared_fs', 'checkpoint_weights', 'result_bits', 'CellData', 'read_cell',
-           'paired', 'cell_numbers', 'cell_row', 'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table',
-           'convergence_warnings', 'pareto_mask', 'plot_pareto', 'plot_delta_heatmap', 'group_acc_table', 'load_plan',
-           'summarize_grid', 'render_html', 'write_report', 'plan_table', 'run_grid', 'format_summary', 'grid_cli',
-           'tiny_grid']
+           'ARTEFACT_DIRS', 'INDEX_COLUMNS', 'TINY_PARAMS', 'GridConfig', 'register_grid_config', 'GridLoader',
+           'dataset_options', 'resolve_root', 'set_roots', 'load_grid', 'Step', 'Cell', 'Plan', 'merge_config_params',
+           'plan_params', 'plan_grid', 'clear_for_rerun', 'run_step', 'merge_validations', 'step_state',
+           'code_fingerprint', 'stale_steps', 'check_grid_dir', 'visible_gpus', 'connect', 'check_shared_fs',
+           'checkpoint_weights', 'result_bits', 'CellData', 'read_cell', 'paired', 'cell_numbers', 'cell_row',
+           'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table', 'convergence_warnings', 'pareto_mask',
+           'plot_pareto', 'plot_delta_heatmap', 'group_acc_table', 'load_plan', 'summarize_grid', 'render_html',
+           'write_report', 'publish_artefacts', 'plan_table', 'run_grid', 'format_summary', 'grid_cli', 'tiny_grid']
 
 # %% ../nbs/70_experiments.ipynb #46d2dd78
 DEFAULT_GRID = """\
@@ -664,20 +664,40 @@ def check_grid_dir(grid_dir)->Path:
         raise PermissionError(f"grid folder {p}: {q} is not writable by this user; choose a folder you can write (checked before any worker starts)")
     return p
 
-# %% ../nbs/70_experiments.ipynb #8aa5fb3f
+# %% ../nbs/70_experiments.ipynb #24dcc071
+def visible_gpus()->list:
+    "The GPUs this process may use: `CUDA_VISIBLE_DEVICES` when set, else every device CUDA reports (none without CUDA)"
+    env = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if env is not None: return [x.strip() for x in env.split(',') if x.strip() and x.strip() != '-1']
+    import torch
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+def _pin_gpu(gpus:list, dask_worker=None)->str:
+    "On a local worker: see only GPU number (worker index mod len(gpus)); the step's kernels inherit it"
+    name = getattr(dask_worker, 'name', 0)
+    os.environ['CUDA_VISIBLE_DEVICES'] = gpus[int(name) % len(gpus)] if str(name).isdigit() else gpus[0]
+    return os.environ['CUDA_VISIBLE_DEVICES']
+
 def connect(scheduler:str=None, # 'tcp://HOST:PORT' of a running scheduler; None: a local cluster
             workers:int=1, # local worker processes (ignored with a scheduler)
-            timeout:float=5)->tuple: # seconds a scheduler has to answer
-    "(client, cluster or None): a Dask client on the given scheduler or on a new LocalCluster"
+            timeout:float=5, # seconds a scheduler has to answer
+            gpus:list=None)->tuple: # local GPUs to share out, one per worker (None: `visible_gpus()`)
+    "(client, cluster or None): a Dask client on the given scheduler or on a new LocalCluster (one GPU per worker when there are GPUs)"
     from distributed import Client, LocalCluster
     if scheduler:
         try: return Client(scheduler, timeout=timeout), None
         except (OSError, TimeoutError, ValueError) as e:
             raise ConnectionError(f"scheduler {scheduler!r} did not answer within {timeout:g} s ({e}); is it running and reachable?") from None
     if workers < 1: raise ValueError(f"workers={workers}: expected at least 1")
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=':0',
-                           memory_limit=0, silence_logs=logging.ERROR)
-    return Client(cluster), cluster
+    gpus = visible_gpus() if gpus is None else list(gpus)
+    if gpus and workers > len(gpus):
+        raise ValueError(f"workers={workers}: {len(gpus)} GPU(s) visible ({','.join(gpus)}); each local worker gets its own GPU, so use at most "
+                         f"--workers {len(gpus)} (or hide the GPUs with CUDA_VISIBLE_DEVICES= to run on CPU)")
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=':0', memory_limit=0,
+                           silence_logs=logging.ERROR, **({'resources': {'GPU': 1}} if gpus else {}))
+    client = Client(cluster)
+    if gpus: client.run(_pin_gpu, gpus)
+    return client, cluster
 
 # %% ../nbs/70_experiments.ipynb #061f2fd3
 def _sees(token:str, text:str, nbs:str)->str:
@@ -1084,6 +1104,87 @@ def write_report(grid_dir, # a summarised grid folder
     with atomic_path(grid_dir/'report.html') as t: t.write_text(render_html(out/'70_experiments.ipynb'))
     return grid_dir/'report.html'
 
+# %% ../nbs/70_experiments.ipynb #e248a18f
+ARTEFACT_DIRS = dict(checkpoint='model-files/base-model-pth-files', fp32_onnx='model-files/base-model-onnx-files',
+                     int8_onnx='model-files/INT8-Model-Quantized-Files', mixed='model-files/Mixed-Precision-Files',
+                     csv='Final-output-CSV-Files', calibration='calibration_images')
+INDEX_COLUMNS = ['file', 'grid', 'dataset', 'seed', 'model', 'config', 'budget', 'kind', 'sha256', 'source']
+
+def _put(src:Path, dst:Path)->Path:
+    "A hard link (else a copy) of `src` at `dst`, written atomically"
+    with atomic_path(dst) as tmp:
+        try: os.link(src, tmp)
+        except OSError: shutil.copy2(src, tmp)
+    return dst
+
+def _artefact_kind(entry:dict)->str:
+    "Where a validated run's model file goes, from the stage and precision 50_validation recorded"
+    st, prec = entry.get('stage'), str(entry.get('precision', ''))
+    if st == '10_finetune_vit_swin' or (st == '30_mixed_precision' and prec.startswith('fp32')): return 'checkpoint'   # fp32_ft: FP32 weights
+    if st in ('40_onnx_int8', '45_fair_int8'): return 'fp32_onnx' if prec == 'fp32' else 'int8_onnx'
+    if st in ('30_mixed_precision', '41_mixed_onnx'): return 'mixed'
+    raise ValueError(f"run {entry.get('run')!r}: no artefact folder for stage {st!r}")
+
+def _cell_files(grid_dir:Path, step:Step, cell:Cell)->list:
+    "(kind, source file, suffix) of a finished cell: its model file (+ sidecar) and its per-image CSV"
+    d = Path(grid_dir)/step.run_dir/'50_validation'
+    e = next((r for r in load_json(d/'runs.json')['runs'] if r['run'] == cell.result), None)
+    if e is None: raise ValueError(f"{d/'runs.json'}: no validated run {cell.result!r} for cell {cell.config}")
+    f, kind = Path(e['model_file']), _artefact_kind(e)
+    if not f.is_absolute(): f = d.parent/f
+    if not f.exists(): raise FileNotFoundError(f"{f}: the model file {d/'runs.json'} records for {cell.result!r} is missing")
+    out = [(kind, f, f.suffix), ('csv', d/e['csv'], '.csv')]
+    if f.suffix == '.safetensors' and (side := f.with_suffix('.json')).exists(): out.append((kind, side, '.json'))
+    return out
+
+def _publish_index(folder:Path, rows:list, grid:str):
+    "Merge `rows` into folder/index.csv: this grid's earlier rows for the same files replaced, other grids' kept"
+    f = folder/'index.csv'
+    old = read_csv(f, INDEX_COLUMNS, dtype=str) if f.exists() else pd.DataFrame(columns=INDEX_COLUMNS)
+    new = pd.DataFrame(rows, columns=INDEX_COLUMNS).astype(str)
+    save_csv(pd.concat([old[~old.file.isin(new.file)], new], ignore_index=True).sort_values('file'), f)
+
+# %% ../nbs/70_experiments.ipynb #21a29d8c
+def _put_tree(src:Path, dst:Path):
+    "A copy of folder `src` at `dst` (files hard-linked where possible), replacing an older `dst` once complete"
+    with atomic_dir(dst, replace=True) as tmp:
+        for f in sorted(p for p in src.rglob('*') if p.is_file() and not p.is_symlink()):
+            (tmp/f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            try: os.link(f, tmp/f.relative_to(src))
+            except OSError: shutil.copy2(f, tmp/f.relative_to(src))
+
+def publish_artefacts(grid_dir, # a finished grid folder
+                      dest=None, # the folder that holds the design card's folders (default: the checkout)
+                     )->pd.DataFrame: # one row per published file or calibration folder
+    "Publish a grid's deployable files into the design card's folders with collision-free names and an index.csv per folder"
+    grid_dir, plan = Path(grid_dir).absolute(), load_plan(grid_dir)
+    dest, steps, name = Path(dest or project_root()).absolute(), {s.key: s for s in plan.steps}, file_slug(plan.grid['name'], 'grid')
+    rows, seen = [], set()
+    def add(kind, folder, file, src, c, config=None, sha=None):
+        rows.append(dict(folder=str(folder), file=file, grid=plan.grid['name'], dataset=c.dataset, seed=c.seed, model=c.model,
+                         config=config or c.config, budget='' if c.budget is None else f'{c.budget:g}', kind=kind,
+                         sha256=sha or file_sha256(Path(folder)/file), source=os.path.relpath(src, grid_dir)))
+    for c in plan.cells:
+        s = steps[c.step]
+        if step_state(grid_dir, s) != 'done': continue
+        stem = f"{name}-{c.dataset}-s{c.seed}-{c.model}-{c.config}" + ('' if c.budget is None else f'-b{c.budget:g}')
+        for kind, src, ext in _cell_files(grid_dir, s, c):
+            dst = _put(src, dest/ARTEFACT_DIRS[kind]/f'{stem}{ext}'); add(kind, dst.parent, dst.name, src, c)
+        d40 = grid_dir/s.run_dir/'40_onnx_int8'
+        if s.kind != 'int8' or (s.key, c.model) in seen: continue
+        seen.add((s.key, c.model))   # once per INT8 step: the FP32 ONNX its models come from, and its calibration images
+        for r in load_json(d40/'models.json')['models']:
+            if r['precision'] == 'fp32' and r['tag'] == c.model:
+                dst = _put(d40/r['file'], dest/ARTEFACT_DIRS['fp32_onnx']/f"{name}-{c.dataset}-s{c.seed}-{c.model}-fp32.onnx")
+                add('fp32_onnx', dst.parent, dst.name, d40/r['file'], c, 'fp32')
+        if (d40/'calibration'/'manifest.csv').exists():
+            dst = dest/ARTEFACT_DIRS['calibration']/c.dataset/f"{name}-s{c.seed}-{c.model}"
+            _put_tree(d40/'calibration', dst)
+            add('calibration', dst.parent, dst.name, d40/'calibration', c, 'calibration', file_sha256(dst/'manifest.csv'))
+    df = pd.DataFrame(rows, columns=['folder'] + INDEX_COLUMNS)
+    for folder, part in df.groupby('folder'): _publish_index(Path(folder), part[INDEX_COLUMNS].to_dict('records'), plan.grid['name'])
+    return df
+
 # %% ../nbs/70_experiments.ipynb #9ac22e8b
 def _raw(g:dict)->dict:
     "A checked grid back in grid-file form (for grid.yaml)"
@@ -1145,6 +1246,7 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
              nbs=None, # folder of the stage notebooks (default: the checkout's nbs/)
              report:bool=True, # write report.html (the executed report section of 70_experiments)
              rerun_stale:bool=False, # redo finished steps whose code changed since they ran (and the steps after them)
+             publish=None, # a folder holding the design card's folders: publish the deployable files there (None: no publishing)
              progress:bool=True)->pd.DataFrame: # print the plan and one line per stage and step
     "Run a grid on Dask, skipping finished steps; writes the summary, verdict and report; returns the summary (or, with dry_run, the plan)"
     if not scheduler and not (isinstance(workers, int) and workers >= 1): raise ValueError(f"workers={workers!r}: expected at least 1 local worker process")
@@ -1184,6 +1286,9 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
         try: prog.say(f"report: {write_report(grid_dir, nbs)}")
         except RuntimeError as e: summary.attrs['report_error'] = str(e); prog.say(f"✗ {e}")
     summary.attrs['grid_dir'] = str(grid_dir)
+    if publish is not None and (summary.status == 'done').any():
+        pub = publish_artefacts(grid_dir, publish)
+        prog.say(f"published {len(pub)} file(s) and folder(s) into {', '.join(sorted({str(Path(f).relative_to(Path(publish).absolute())) for f in pub.folder}))} under {publish}")
     prog.say(f"summary: {grid_dir/'summary.csv'}, over seeds: {grid_dir/'summary_seeds.csv'}, verdict: {grid_dir/'verdict.csv'}, "
              f"figure: {grid_dir/'pareto.png'}; bias analyses: {grid_dir}/shared/<dataset>-s<seed>/<model>/bias/60_bias_analysis/")
     return summary
@@ -1200,6 +1305,17 @@ def format_summary(df:pd.DataFrame)->str:
             'd_worst_group_acc_pp', 'd_worst_ci', 'mde_pp', 'status']
     return d[cols].round(dict(avg_bits=2, acc=4, worst_group_acc=4, gap_pp=2, d_worst_group_acc_pp=2, mde_pp=2)).to_string(index=False)
 
+def _study_file(path:str)->str:
+    "`path`, or, when no such file exists here, the study file of that name shipped inside the package (said on stderr)"
+    if Path(path).exists() or (d := package_data_dir('studies')) is None or not (d/Path(path).name).is_file(): return path
+    print(f"{path} not found here: using the study file shipped with fairquant, {d/Path(path).name}", file=sys.stderr)
+    return str(d/Path(path).name)
+
+def _checkout_folders()->Path|None:
+    "The checkout holding the design card's folders, when fairquant runs from one"
+    r = project_root()
+    return r if r and (r/'model-files').is_dir() and (r/'Final-output-CSV-Files').is_dir() else None
+
 def grid_cli(argv=None):
     "Command line: `fairquant-grid [GRID.yaml] [--root [NAME=]PATH] [--workers N] [--scheduler ADDRESS] [--dry-run] [--grid_dir DIR] [--seeds 0,1,2] [--no-report]`"
     import argparse
@@ -1215,16 +1331,20 @@ def grid_cli(argv=None):
     p.add_argument('--timeout', type=float, default=5, help='seconds the scheduler has to answer (default 5)')
     p.add_argument('--dry-run', action='store_true', help='show the plan and stop')
     p.add_argument('--no-report', action='store_true', help='skip report.html (the summary, verdict and figure are still written)')
+    p.add_argument('--publish', default=None, metavar='DIR', help="publish the deployable files into DIR's model-files/, Final-output-CSV-Files/, "
+                   "calibration_images/ (default: the checkout's, when run from one)")
+    p.add_argument('--no-publish', action='store_true', help='do not publish the deployable files')
     p.add_argument('--rerun-stale', action='store_true', help='redo finished steps whose code changed since they ran, and the steps after them')
     a = p.parse_args(argv)
     try:
-        raw, name = _read_grid(DEFAULT_GRID if a.grid is None else a.grid)
+        raw, name = _read_grid(DEFAULT_GRID if a.grid is None else _study_file(a.grid))
         if a.root: raw = set_roots(raw, a.root)
         if a.seeds is not None:
             try: raw['seeds'] = [int(s) for s in a.seeds.split(',')]
             except ValueError: p.error(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
         summary = run_grid(load_grid(raw, 'the embedded default grid' if a.grid is None else name), a.grid_dir, a.workers,
-                           a.scheduler, a.dry_run, a.threads, a.timeout, report=not a.no_report, rerun_stale=a.rerun_stale)
+                           a.scheduler, a.dry_run, a.threads, a.timeout, report=not a.no_report, rerun_stale=a.rerun_stale,
+                           publish=None if a.no_publish else a.publish or _checkout_folders())
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ConnectionError, RuntimeError) as e: p.error(str(e))
     if a.dry_run: return
     print('\n' + format_summary(summary))

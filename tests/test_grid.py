@@ -38,7 +38,7 @@ def spec(tmp_path_factory):
 def resumed(spec, tmp_path_factory):
     "A grid killed (process group, SIGKILL) as soon as its first configuration step is done, then rerun: (grid folder, rerun output, ...)"
     g = tmp_path_factory.mktemp('run')/'grid'
-    args = [*_cmd(), str(spec), '--grid_dir', str(g), '--workers', '1', '--threads', '1']
+    args = [*_cmd(), str(spec), '--grid_dir', str(g), '--workers', '1', '--threads', '1', '--publish', str(g.parent/'pub')]
     log = open(g.parent/'first.log', 'w')   # a file, not a pipe: nobody reads a pipe while we wait
     p = subprocess.Popen(args + ['--no-report'], stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     t0 = time.time()
@@ -59,6 +59,17 @@ def resumed(spec, tmp_path_factory):
     fct.test_eq((g/first[0]/'done.json').read_bytes(), marker)            # the finished step was not run again
     assert (g/missing/'done.json').exists()
     return g, r.stdout, first[0], missing
+
+def test_cli_publishes_the_deployable_files(resumed):
+    "The finished grid's checkpoints, models and per-image CSVs land in the design card's folders, each folder indexed"
+    g = resumed[0]; pub = g.parent/'pub'
+    ix = pd.read_csv(pub/'Final-output-CSV-Files'/'index.csv', dtype=str)
+    fct.test_eq(sorted(ix.config), sorted(CONFIGS))
+    assert all((pub/'Final-output-CSV-Files'/f).is_file() for f in ix.file)
+    fct.test_eq(sorted(pd.read_csv(pub/'model-files'/'base-model-pth-files'/'index.csv').config.unique()), ['fp32', 'fp32_ft'])
+    fct.test_eq(sorted(pd.read_csv(pub/'model-files'/'Mixed-Precision-Files'/'index.csv').config.unique()),
+                sorted(c for c in CONFIGS if c not in ('fp32', 'fp32_ft')))
+    assert 'published' in resumed[1]
 
 def _key(folder:str)->str:
     return {'fixed': 'fixed/synthetic/s0/vit_p8', 'mixed-b4': 'mixed/synthetic/s0/vit_p8/b4'}[Path(folder).name]
@@ -182,7 +193,7 @@ def test_failed_step_is_recorded_and_exits_1(tmp_path):
     "A shared step that fails (an option the dataset does not take) is recorded with its log; the cells that need it are marked failed; exit 1"
     f, g = tmp_path/'fail.yaml', tmp_path/'grid'
     f.write_text(yaml.safe_dump({**tiny_grid(configs=('fp32',)), 'datasets': [{'name': 'synthetic', 'options': {'n': 300, 'split_fractions': [0.5, 0.6, 0.1]}}]}))
-    r = subprocess.run([*_cmd(), str(f), '--grid_dir', str(g), '--workers', '1', '--threads', '1'], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([*_cmd(), str(f), '--grid_dir', str(g), '--workers', '1', '--threads', '1', '--no-publish'], capture_output=True, text=True, timeout=600)
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 cell(s) did not finish: synthetic/vit_p8/s0/fp32 (failed)" in r.stderr, r.stderr[-3000:]
     data = load_json(g/'shared/synthetic-s0/data/failed.json')
