@@ -14,10 +14,11 @@ import numpy as np
 __all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', 'STAGE_HEADING', 'Registry', 'clean_stale_temps',
            'atomic_path', 'disk_full_names', 'scratch_dir', 'replace_dir', 'atomic_dir', 'temp_dir_beside', 'save_json',
            'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header',
-           'read_safetensors', 'write_safetensors', 'file_sha256', 'file_slug', 'stage_dir', 'new_run_dir',
-           'require_stage', 'rank_classes', 'predictions_table', 'save_predictions', 'set_seed', 'project_root',
-           'git_commit', 'reference_dir', 'package_data_dir', 'nbs_dir', 'notebook_parameters', 'param_type_error',
-           'check_pipeline', 'run_pipeline', 'cell_directives', 'stage_cells', 'stage_notebook', 'run_pipeline_cli']
+           'read_safetensors', 'write_safetensors', 'file_sha256', 'check_size', 'check_integrity', 'file_slug',
+           'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes', 'predictions_table', 'save_predictions',
+           'set_seed', 'project_root', 'git_commit', 'reference_dir', 'package_data_dir', 'nbs_dir',
+           'notebook_parameters', 'param_type_error', 'check_pipeline', 'run_pipeline', 'cell_directives',
+           'stage_cells', 'stage_notebook', 'run_pipeline_cli']
 
 # %% ../nbs/00_core.ipynb #b7e6656a
 class Registry:
@@ -242,6 +243,25 @@ def file_sha256(path)->str:
     with open(path, 'rb') as f:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #43faa720
+def check_size(name:str, # the option, named in the error
+               value, # its value
+               minimum:int=1, # the smallest value that means something (0 where 0 means "all" or "none")
+               what:str='')->int: # what the values mean, added to the error (e.g. ' (0: the whole split)')
+    "`value` as an int when it is a whole number ≥ `minimum`; else an error naming the option (a size of 0 or less is never guessed at)"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected a whole number ≥ {minimum}{what}")
+    return int(value)
+
+def check_integrity(files:Iterable[tuple])->None: # (file, its index row, the index file) per model
+    "Refuse a model file whose bytes differ from the SHA-256 its stage recorded when it wrote it (edited metadata, bits or weights); name those without a record"
+    none = [str(f) for f, row, _ in files if not row.get('sha256')]
+    if none: print(f"{none}: their index rows record no SHA-256 (written by an older stage): whether the files changed since is unchecked; rerun their stage")
+    for f, row, index in files:
+        if row.get('sha256') and Path(f).is_file() and file_sha256(f) != row['sha256']:
+            raise ValueError(f"{f}: its SHA-256 is not the {row['sha256'][:12]}… that {index} recorded when the file was written: the file was "
+                             "changed since (its data_config, bit assignment or weights edited, or replaced); rerun the stage that makes it")
 
 # %% ../nbs/00_core.ipynb #7dda0f1f
 def file_slug(s, # any name

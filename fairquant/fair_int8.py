@@ -16,7 +16,8 @@ from onnx import helper, numpy_helper
 import onnxruntime as ort
 from tqdm.auto import tqdm
 
-from .core import (scratch_dir, atomic_path, save_json, load_json, save_csv, read_csv, require_stage, stage_dir, save_figure)
+from .core import (scratch_dir, atomic_path, save_json, load_json, save_csv, read_csv, require_stage, stage_dir, save_figure,
+                            file_sha256, check_size, check_integrity)
 from .metrics import group_metrics, boot_group_acc, percentile_ci, run_intervals, paired_deltas
 from .datasets import open_stage_dataset, build_transform
 from .finetune import example_run
@@ -26,14 +27,14 @@ from .onnx_int8 import (load_onnx, read_onnx_meta, set_onnx_meta, run_name, cali
                                  quantize_int8, read_calibration, select_calibration, split_images, time_sessions, write_models_index)
 
 # %% auto #0
-__all__ = ['LAYER_OPS', 'SQNR_CAP', 'OWN', 'GRID_CONFIGS', 'example_int8_run', 'val_subset', 'save_variant', 'quantized_layers',
-           'probe_model', 'session', 'optimized_ops', 'GroupEnergy', 'to_db', 'sqnr_table', 'layer_ranking',
-           'dequantize', 'own_error_model', 'localise_onnx', 'plot_layer_groups', 'localise_torch', 'keep_float',
-           'logits', 'group_drop', 'paired_drop', 'recipe_options', 'requantize', 'ResolutionWarning', 'resolution',
-           'fallback_search', 'example_group_net', 'plant_group_fault', 'accuracy_ranking', 'overall_ranking',
-           'CalibrationWarning', 'activation_ranges', 'clipped_shares', 'calibration_check', 'held_out',
-           'check_calibration', 'int8_fair', 'rerun_from_file', 'compare_calibrations', 'stage_inputs', 'fair_search',
-           'fair_variants', 'fair_calibration', 'fair_report', 'run_fair_int8']
+__all__ = ['LAYER_OPS', 'SQNR_CAP', 'QUANT_OPS', 'OWN', 'GRID_CONFIGS', 'example_int8_run', 'val_subset', 'save_variant',
+           'check_pair', 'quantized_layers', 'probe_model', 'session', 'optimized_ops', 'GroupEnergy', 'to_db',
+           'sqnr_table', 'layer_ranking', 'dequantize', 'own_error_model', 'localise_onnx', 'plot_layer_groups',
+           'localise_torch', 'keep_float', 'logits', 'group_drop', 'paired_drop', 'recipe_options', 'requantize',
+           'ResolutionWarning', 'resolution', 'fallback_search', 'example_group_net', 'plant_group_fault',
+           'accuracy_ranking', 'overall_ranking', 'CalibrationWarning', 'activation_ranges', 'clipped_shares',
+           'calibration_check', 'held_out', 'check_calibration', 'int8_fair', 'rerun_from_file', 'compare_calibrations',
+           'stage_inputs', 'fair_search', 'fair_variants', 'fair_calibration', 'fair_report', 'run_fair_int8']
 
 # %% ../nbs/45_fair_int8.ipynb #01bb03c5
 _EXAMPLES = {}
@@ -68,7 +69,7 @@ def val_subset(ds, data_config:dict, # a `GroupDataset` and the model's data con
                n:int=0, seed:int=0, # images to take (0: all), seeded
                split:str='val')->tuple: # the split to take them from (`test` only to report, never to choose)
     "(images (N,3,H,W) float32, labels, group indices, image ids) of a seeded subset of a split (val by default)"
-    t = ds.split(split).reset_index(drop=True)
+    t, n = ds.split(split).reset_index(drop=True), check_size('n', n, 0, f' (0: every image of {split!r})')
     if not len(t): raise ValueError(f"the dataset's {split!r} split has no images")
     rows = np.sort(np.random.default_rng(seed).choice(len(t), n, replace=False)) if 0 < n < len(t) else np.arange(len(t))
     tds = ds.torch_dataset(split, build_transform(data_config))
@@ -126,11 +127,38 @@ def _q_of_output(name:str, cons:dict, stored:dict)->str:
     qs = [c for c in cons.get(name, []) if c.op_type == 'QuantizeLinear']
     return qs[0].output[0] if len(qs) == 1 and _readable_q(qs[0], stored) else ''
 
+# %% ../nbs/45_fair_int8.ipynb #08eb6abf
+QUANT_OPS = ('QuantizeLinear', 'DequantizeLinear', 'DynamicQuantizeLinear', 'MatMulIntegerToFloat', 'MatMulInteger', 'ConvInteger',
+             'QLinearConv', 'QLinearMatMul', 'QGemm', 'DynamicQuantizeMatMul')   # ops that only a quantized graph holds
+
+def _model_kind(m:onnx.ModelProto, file=None)->tuple:
+    "(quantized?, what the model says it is: its file, its FairQuant precision and its quantization ops)"
+    prec = {p.key: p.value for p in m.metadata_props}.get('precision')
+    n = sum(x.op_type in QUANT_OPS for x in m.graph.node)
+    return n > 0 or prec not in (None, 'fp32'), f"{f'{file}: ' if file else ''}precision {prec!r}, {n} quantization op(s)"
+
+def check_pair(f:onnx.ModelProto, q:onnx.ModelProto, # what the caller was given as the FP32 model and as the INT8 model
+               args:tuple=('f', 'q'), # the caller's names for the two, named in the errors
+               files:tuple=(None, None))->None: # their files, when the caller has them
+    "Refuse an FP32/INT8 pair given the wrong way round, two models of one kind, or two exported from different checkpoints, naming each argument"
+    (fq, fd), (qq, qd) = _model_kind(f, files[0]), _model_kind(q, files[1])
+    a, b = args
+    if fq and not qq: raise ValueError(f"{a} and {b} are swapped: {a} is the quantized model ({fd}) and {b} the FP32 one ({qd}); "
+                                       f"pass the FP32 model as {a} and the INT8 model quantized from it as {b}")
+    if fq: raise ValueError(f"{a} must be the FP32 model, but both are quantized ({a}: {fd}; {b}: {qd}): pass the FP32 export {b} was quantized from")
+    if not qq: raise ValueError(f"{b} must be an INT8 model, but neither is quantized ({a}: {fd}; {b}: {qd}): pass the INT8 model quantized from {a}")
+    src = [{p.key: p.value for p in m.metadata_props}.get('source_sha256') or None for m in (f, q)]
+    if all(src) and src[0] != src[1]:
+        raise ValueError(f"{a}{f' ({files[0]})' if files[0] else ''} was exported from checkpoint {src[0][:12]}… and {b}"
+                         f"{f' ({files[1]})' if files[1] else ''} from checkpoint {src[1][:12]}…: not an FP32 model and its own INT8 quantization "
+                         "(one was made before the model was retrained); rerun 40_onnx_int8")
+
 # %% ../nbs/45_fair_int8.ipynb #e093042d
 def quantized_layers(q:onnx.ModelProto, # the INT8 (QDQ) model
                      f:onnx.ModelProto, # the FP32 model it was quantized from
                     )->pd.DataFrame:
     "One row per quantized weight layer of `q`, matched to `f` by node name: the tensors to compare in each, and how to read them"
+    check_pair(f, q)
     pq, cq, pf, cf = _producers(q.graph), _consumers(q.graph), _producers(f.graph), _consumers(f.graph)
     inits, fnodes, stored = {i.name for i in q.graph.initializer}, {n.name: n for n in f.graph.node}, _stored(q.graph)
     rows = []
@@ -342,6 +370,8 @@ def localise_onnx(fp32, int8, # FP32 and INT8 ONNX models (paths or ModelProto)
     "Per quantized layer and group: SQNR of the INT8 layer fed its FP32 input alone (see `sqnr_table`), and whether its output requantization is its own"
     f = fp32 if isinstance(fp32, onnx.ModelProto) else load_onnx(fp32)
     q = int8 if isinstance(int8, onnx.ModelProto) else load_onnx(int8)
+    check_pair(f, q, ('fp32', 'int8'), tuple(None if isinstance(a, onnx.ModelProto) else a for a in (fp32, int8)))   # which is which, by their own word
+    batch_size = check_size('batch_size', batch_size)
     P = own_error_model(q, f); L = P['layers']
     s = session(P['model'], threads); name = s.get_inputs()[0].name
     sigs = list(dict.fromkeys(P['sig']))
@@ -778,6 +808,7 @@ def stage_inputs(run_dir, # run folder: 00_datasets/, 10_finetune_vit_swin/, 40_
     if not run_tags: raise ValueError(f"{d40/'models.json'}: no static INT8 model (run 40_onnx_int8 with static=True)")
     nofp = [t for t in run_tags if t not in fp32]
     if nofp: raise ValueError(f"{d40/'models.json'}: no FP32 export for tags {nofp}")
+    check_integrity([(d40/r['file'], r, d40/'models.json') for t in run_tags for r in (fp32[t], static[t])])   # the files 40 wrote, unchanged since
     ds, mf = open_stage_dataset(run_dir), d40/'calibration'/'manifest.csv'
     manifest = read_csv(mf, required=('image_id', 'group'), dtype={'image_id': str, 'group': str})
     bad = sorted(set(manifest.group) - set(ds.groups))
@@ -794,6 +825,7 @@ def fair_search(S:dict, tag:str, # `stage_inputs`, and the tag to do
     fpath, qpath = S['d40']/S['fp32'][tag]['file'], S['d40']/S['static'][tag]['file']
     mf = read_onnx_meta(fpath, classes=ds.classes, groups=ds.groups); read_onnx_meta(qpath, classes=ds.classes, groups=ds.groups)
     f, q = load_onnx(fpath), load_onnx(qpath)
+    check_pair(f, q, (S['fp32'][tag]['run'], S['static'][tag]['run']), (fpath, qpath))   # one checkpoint's FP32 export and its INT8 model
     x, y, c, ids = val_subset(ds, mf['data_config'], n_val, seed)
     table = localise_onnx(f, q, x, c, ds.groups, batch_size, threads, progress)
     save_csv(table, d/'layer_group_sqnr.csv')
@@ -887,8 +919,9 @@ def fair_report(S:dict, R:dict, # `stage_inputs` and the tag's results
                           val_worst_group=m['worst_group'], val_worst_group_acc=m['worst_group_acc'], val_worst_group_acc_lo=ci['worst_group_acc_lo'],
                           val_worst_group_acc_hi=ci['worst_group_acc_hi'], **_drop_cols(d), **_drop_cols(test.get(k), 'test_')))
     rows = [dict(run=f'{tag}-{prec}', tag=tag, precision=prec, file=p.relative_to(S['out']).as_posix(), baseline=run_name(tag, 'fp32'),
-                 source_checkpoint=S['static'][tag]['source_checkpoint'], size_bytes=p.stat().st_size, options=json.loads(_onnx_meta(p)['quantization']))
-            for prec, p in R['files'].items()]
+                 source_checkpoint=S['static'][tag]['source_checkpoint'], source_sha256=meta.get('source_sha256') or None,
+                 sha256=file_sha256(p), size_bytes=p.stat().st_size, options=json.loads(meta['quantization']))   # sha256: what 50 checks the file against
+            for prec, p in R['files'].items() for meta in [_onnx_meta(p)]]
     return rows, close
 
 def run_fair_int8(run_dir, # run folder: reads 00_datasets/, 10_finetune_vit_swin/, 40_onnx_int8/; writes 45_fair_int8/
@@ -901,7 +934,11 @@ def run_fair_int8(run_dir, # run folder: reads 00_datasets/, 10_finetune_vit_swi
     "Run stage 45 on a run folder: per tag, localisation, the fallback (checked from its file, with its test drop), the calibration check and comparison"
     eps = max_worst_group_drop_pp
     if not eps >= 0: raise ValueError(f"max_worst_group_drop_pp={eps}: must be ≥ 0 (points)")
-    if n_boot < 1: raise ValueError(f"n_boot={n_boot}: the intervals need at least one bootstrap resample")
+    check_size('n_boot', n_boot, 1, ' (the intervals need at least one bootstrap resample)')
+    for k, v, lo, what in (('n_val', n_val, 0, ' (0: every val image)'), ('n_test', n_test, 0, ' (0: every test image)'), ('threads', threads or 0, 0, " (0 or None: onnxruntime's default)"),
+                           ('batch_size', batch_size, 1, ''), ('seed', seed, 0, ''), ('min_calib_images', min_calib_images, 0, '')): check_size(k, v, lo, what)
+    if not (isinstance(clip_ratio, (int, float)) and 0 < clip_ratio < float('inf')): raise ValueError(f"clip_ratio={clip_ratio!r}: expected a finite number > 0 (how many times more clipped than the others)")
+    if not (isinstance(min_clip, (int, float)) and 0 <= min_clip <= 1): raise ValueError(f"min_clip={min_clip!r}: expected a share of activations in [0, 1]")
     S = stage_inputs(run_dir, tags); out = S['out']
     save_csv(calibration_mix(S['manifest'], S['ds'], S['calib40'].get('split', 'val')).reset_index(), out/'calibration_mix.csv')
     rows45, close, warns, met, res = [], [], [], {}, {}

@@ -19,8 +19,9 @@ from onnx import helper, numpy_helper, version_converter
 from onnxruntime.quantization import quantize_static
 from tqdm.auto import tqdm
 
-from .core import atomic_path, load_json, require_stage, file_sha256
+from .core import atomic_path, load_json, require_stage, file_sha256, check_size
 from .datasets import GroupDataset
+from .finetune import checkpoint_paths
 from .mixed_precision import (FLOAT_BITS, quant_layers, quantizer, weight_shape, model_bits, avg_bits, read_runs,
                                        load_quantized_checkpoint)
 from .onnx_int8 import (INPUT_NAME, OUTPUT_NAME, FLOAT_WEIGHT_OPS, onnx_meta, set_onnx_meta, load_onnx, read_onnx_meta,
@@ -30,8 +31,9 @@ from .onnx_int8 import (INPUT_NAME, OUTPUT_NAME, FLOAT_WEIGHT_OPS, onnx_meta, se
 # %% auto #0
 __all__ = ['MIXED_MODES', 'MIXED_OPSET', 'CONTAINERS', 'container_bits', 'channel_bits', 'layer_integers', 'find_weights',
            'plain_copy', 'export_marked', 'weight_nodes', 'bits_sha256', 'bit_assignment', 'theory_bytes',
-           'model_avg_bits', 'export_mixed', 'read_mixed_weights', 'mixed_size_report', 'mixed_runs',
-           'mixed_run_summary', 'mixed_baseline', 'convert_mixed_run', 'MixedExport', 'mixed_export']
+           'model_avg_bits', 'export_mixed', 'stored_channels', 'check_bit_assignment', 'read_mixed_weights',
+           'mixed_size_report', 'mixed_runs', 'mixed_run_summary', 'mixed_baseline', 'check_sidecar',
+           'load_mixed_checkpoint', 'convert_mixed_run', 'MixedExport', 'mixed_export']
 
 # %% ../nbs/41_mixed_onnx.ipynb #cc6f5eee
 MIXED_MODES = ('weights_only', 'int8_activations')
@@ -265,12 +267,50 @@ def export_mixed(model:torch.nn.Module, # a quantized model of stage 30 (`load_q
     with atomic_path(path) as tmp: onnx.save(m, str(tmp))
     return info
 
+# %% ../nbs/41_mixed_onnx.ipynb #5a1c775b
+def _container_node(n)->tuple|None:
+    "(layer, 'int<c>' or 'zero') of a DequantizeLinear that `weight_nodes` made (fq/<layer>/int<c>/dq, fq/<layer>/zero/dq); None for any other node"
+    p = n.name.split('/')
+    ok = n.op_type == 'DequantizeLinear' and len(p) == 4 and p[0] == 'fq' and p[3] == 'dq' and (p[2] == 'zero' or (p[2][:3] == 'int' and p[2][3:].isdigit()))
+    return (p[1], p[2]) if ok else None   # onnxruntime's own DequantizeLinear nodes (e.g. of a folded bias, fq/<layer>/bias_bn_...) are not containers
+
+def stored_channels(m:onnx.ModelProto)->dict:
+    "{layer: {container bits: output channels}} of the integer containers (`fq/<layer>/int<c>`) a mixed file holds; 0: pruned channels (they read the one zero channel)"
+    inits = {i.name: i for i in m.graph.initializer if i.name.startswith('fq/')}
+    out = {}
+    for n in m.graph.node:
+        if (lp := _container_node(n)) is None: continue
+        layer, part = lp; c = out.setdefault(layer, {})
+        if part == 'zero': continue
+        axis = next((a.i for a in n.attribute if a.name == 'axis'), 1)
+        c[int(part.removeprefix('int'))] = int(inits[n.input[0]].dims[axis])
+    for layer, c in out.items():
+        pos = inits.get(f'fq/{layer}/channels')
+        if pos is not None and int(pos.dims[0]) > sum(c.values()): c[0] = int(pos.dims[0]) - sum(c.values())
+    return out
+
+def check_bit_assignment(path, # a mixed-precision ONNX file (named in the error)
+                         model:onnx.ModelProto=None, meta:dict=None)->None: # the loaded file and its `read_onnx_meta`, when the caller has them
+    "Refuse a mixed file whose bit summary (metadata `bit_assignment`: output channels per bit width, per layer) is not what its integer containers hold"
+    m = model if model is not None else load_onnx(path)
+    meta = meta if meta is not None else read_onnx_meta(path, model=m)
+    ba, why = meta.get('bit_assignment'), "the metadata's bit summary is not the file's bits (edited by hand?); export the run again (40_onnx_int8)"
+    if not (isinstance(ba, dict) and isinstance(ba.get('layers'), dict)): raise ValueError(f"{path}: a mixed-precision file whose metadata bit_assignment has no 'layers': {why}")
+    int8, got = set((meta.get('quantization') or {}).get('int8_activation_layers', [])), stored_channels(m)   # INT8 layers are onnxruntime's QDQ, not containers
+    for layer in sorted(set(ba['layers']) - int8 | set(got)):
+        want = {}
+        for b, n in (ba['layers'].get(layer) or {}).items(): c = container_bits(int(b), layer); want[c] = want.get(c, 0) + int(n)
+        if want != got.get(layer, {}):
+            raise ValueError(f"{path}: metadata bit_assignment['layers'][{layer!r}] = {ba['layers'].get(layer)} (output channels per bit width), "
+                             f"which needs {want} channels per container, but the file stores {got.get(layer, {})}: {why}")
+
 # %% ../nbs/41_mixed_onnx.ipynb #131fafdf
 def read_mixed_weights(path)->dict:
-    "{layer: (integers [out, ...], FP32 scale per output channel; NaN for pruned channels, which store none)} as a file holds them"
+    "{layer: (integers [out, ...], FP32 scale per output channel; NaN for pruned channels, which store none)} as a file holds them (its bit summary checked first)"
     m = load_onnx(path); g = m.graph
+    check_bit_assignment(path, m)
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer if i.name.startswith('fq/')}
-    dq = [n for n in g.node if n.op_type == 'DequantizeLinear' and n.name.startswith('fq/')]
+    dq = [n for n in g.node if _container_node(n)]     # int8_activations: INT8 layers are onnxruntime's QDQ, not containers
     out = {}
     for layer in dict.fromkeys(n.name.split('/')[1] for n in dq):
         parts = [n for n in dq if n.name.split('/')[1] == layer]
@@ -367,7 +407,8 @@ def _nbytes(t:onnx.TensorProto)->int:
 
 def mixed_size_report(path)->pd.DataFrame:
     "Theory (from the metadata) next to what the file holds: integer weights, scales, channel order, FP32 parameters, graph + metadata"
-    m = load_onnx(path); th = read_onnx_meta(path, model=m)['quantization']['theory_bytes']
+    m = load_onnx(path); meta = read_onnx_meta(path, model=m); check_bit_assignment(path, m, meta)
+    th = meta['quantization']['theory_bytes']
     parts = dict.fromkeys(['weights', 'scales', 'channel order', 'float_params', 'graph and metadata'], 0)
     for i in m.graph.initializer:
         fq, is_int = i.name.startswith('fq/'), i.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT32, onnx.TensorProto.INT64)
@@ -414,6 +455,41 @@ def mixed_baseline(tag:str, summary:dict, # the run's tag and summary (`mixed_ru
           "baseline; rerun 30_mixed_precision to record its matched reference ('fp32_ft' for configurations that train, 'fp32' otherwise)")
     return None
 
+# %% ../nbs/41_mixed_onnx.ipynb #1aa8c07e
+def _bits_summary(bits:dict)->dict:
+    "Per weight: its bits' shape and units per bit width, as a quantized checkpoint's sidecar records them (JSON form)"
+    return {k: dict(shape=list(b.shape), hist={str(int(v)): int(c) for v, c in zip(*np.unique(torch.as_tensor(b).reshape(-1).numpy(), return_counts=True))})
+            for k, b in bits.items()}
+
+def check_sidecar(jpath, # a quantized checkpoint's sidecar (.json), named in the error
+                  side:dict, # its content
+                  bits:dict)->None: # the bits its weights file holds ({weight name: bits per unit})
+    "Refuse a sidecar whose summaries (`layers_quantized`, `bits_summary`) are not those of the bits beside it, naming the field"
+    wname, why = (side.get('weights') or {}).get('file', 'its weights file'), "the sidecar's summary is not its bits (edited, or of another run); rerun 30_mixed_precision for this run"
+    if side.get('layers_quantized') != len(bits):
+        raise ValueError(f"{jpath}: layers_quantized = {side.get('layers_quantized')!r} but {wname} holds bits for {len(bits)} layers: {why}")
+    told, got = side.get('bits_summary'), _bits_summary(bits)
+    if not isinstance(told, dict): raise ValueError(f"{jpath}: bits_summary = {told!r}; expected per quantized weight its shape and units per bit width: {why}")
+    for k in sorted(set(told) | set(got)):
+        if told.get(k) != got.get(k):
+            raise ValueError(f"{jpath}: bits_summary[{k!r}] = {told.get(k)} but {wname} holds {got.get(k)} (fq_bits/{k}): {why}")
+
+def load_mixed_checkpoint(path, # a quantized checkpoint of stage 30: its .safetensors, .json or their stem
+                          avg_bits:float=None, # the avg_bits its run reports (None: not checked)
+                          source=None)->tuple: # the file that reports it (the run's summary.json), named in the error
+    "`load_quantized_checkpoint` with the sidecar checked: its `weights` entry present, its summaries those of the bits held, and the run's avg_bits"
+    wpath, jpath = checkpoint_paths(path)
+    side = load_json(jpath) if jpath.is_file() else None
+    if side is not None and not (isinstance(side, dict) and isinstance(side.get('weights'), dict) and side['weights'].get('sha256')):
+        raise ValueError(f"{jpath}: no 'weights' entry with the SHA-256 of {wpath.name} (the sidecar of a quantized checkpoint names the weights "
+                         "file it describes and its hash): not written by 30_mixed_precision, or edited; rerun 30_mixed_precision for this run")
+    model, meta = load_quantized_checkpoint(path)
+    check_sidecar(jpath, meta, meta['bits'])
+    if avg_bits is not None and abs(float(avg_bits) - (held := model_avg_bits(model))) > 1e-6:
+        raise ValueError(f"{source or 'avg_bits'}: avg_bits {avg_bits} but the run's checkpoint {wpath.name} holds {held:.6f} bits per weight "
+                         "(a summary and a checkpoint of two different runs); rerun 30_mixed_precision for this run")
+    return model, meta
+
 # %% ../nbs/41_mixed_onnx.ipynb #28c6440b
 def convert_mixed_run(run_dir, # the run folder
                       run:dict, # one entry of 30_mixed_precision/runs.json
@@ -422,18 +498,15 @@ def convert_mixed_run(run_dir, # the run folder
                       manifest:pd.DataFrame=None, # int8_activations: calibration images (`read_calibration`, from val)
                       ds:GroupDataset=None, n_check:int=32)->dict: # val images to check the file against the PyTorch run
     "Export one stage-30 run to ONNX (checked against the run on val images); returns its `models.json` row"
+    n_check = check_size('n_check', n_check, 0, ' (val images to check the file on; 0: no check)')
     folder, summary = mixed_run_summary(run_dir, run)
     name = summary.get('checkpoint')
     found = [folder/name] if name else sorted(folder.glob('*.safetensors'))
     if len(found) != 1 or not found[0].is_file():
         raise FileNotFoundError(f"{folder}: expected one quantized checkpoint for run {run['tag']}-{run['config']}, found {[p.name for p in found if p.is_file()]}")
-    model, meta = load_quantized_checkpoint(found[0])
+    model, meta = load_mixed_checkpoint(found[0], summary.get('avg_bits'), folder/'summary.json')   # sidecar and summary checked against the bits
     dc, tag, cfg, stage = meta['data_config'], run['tag'], run['config'], Path(stage)
     if mode == 'int8_activations' and manifest is None: raise ValueError(f"{tag}-{cfg}: mode int8_activations needs calibration images (manifest=)")
-    bits, told = model_avg_bits(model), summary.get('avg_bits')
-    if told is not None and abs(float(told) - bits) > 1e-6:
-        raise ValueError(f"{folder/'summary.json'}: avg_bits {told} but the run's checkpoint {found[0].name} holds {bits:.6f} bits per weight "
-                         "(a summary and a checkpoint of two different runs); rerun 30_mixed_precision for this run")
     reader = CalibReader(calibration_batches(manifest, dc)) if mode == 'int8_activations' else None
     out = f"{tag}-{cfg}-onnx" + ('-int8' if mode == 'int8_activations' else '')
     f = stage/tag/f'{out}.onnx'; f.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/50_validation.ipynb #da4da676
 from __future__ import annotations
-import json, time, shutil, hashlib
+import json, time, shutil, hashlib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,21 +15,21 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .core import (scratch_dir, Registry, atomic_path, save_json, load_json, save_csv, read_csv, stage_dir, require_stage,
+from .core import (scratch_dir, Registry, atomic_path, save_json, load_json, save_csv, read_csv, stage_dir, require_stage, check_size, check_integrity,
                             rank_classes, predictions_table, save_predictions, PRED_COLUMNS, git_commit, file_sha256)
 from .datasets import GroupDataset, ImageGroupDataset, build_transform, open_stage_dataset, dataset_identity
 from .finetune import load_checkpoint, checkpoint_paths, CHECKPOINT_FORMAT, CachedDataset, CACHE_LIMIT
-from .mixed_precision import QUANT_FORMAT, read_runs, load_quantized_checkpoint
-from .onnx_int8 import read_onnx_meta, load_session, onnx_avg_bits, weight_count
-from .mixed_onnx import mixed_run_summary, mixed_baseline
+from .mixed_precision import QUANT_FORMAT, read_runs
+from .onnx_int8 import read_onnx_meta, load_onnx, load_session, onnx_avg_bits, weight_count
+from .mixed_onnx import mixed_run_summary, mixed_baseline, load_mixed_checkpoint, check_bit_assignment
 from .metrics import group_metrics, table_metrics
 
 # %% auto #0
 __all__ = ['MODEL_KINDS', 'ENTRY_METRICS', 'softmax64', 'Predictor', 'guess_kind', 'load_predictor', 'checkpoint_predictor',
            'onnx_predictor', 'mixed_predictor', 'check_names', 'select_rows', 'PartialStore', 'Validation',
            'memory_metrics', 'row_images', 'validate', 'copy_atomic', 'control_maker', 'find_models',
-           'model_source_sha', 'check_provenance', 'check_integrity', 'validate_runs', 'record_runs', 'group_table',
-           'group_rows', 'validation_baselines', 'validated_csvs']
+           'model_source_sha', 'check_provenance', 'validate_runs', 'record_runs', 'group_table', 'group_rows',
+           'validation_baselines', 'validated_csvs']
 
 # %% ../nbs/50_validation.ipynb #daa7f3b7
 def softmax64(logits)->np.ndarray:
@@ -109,9 +109,12 @@ def onnx_predictor(path, # an .onnx file (FP32, INT8, or mixed 2/4/8-bit from st
                    threads:int=None, # onnxruntime intra-op threads (None/0: its default)
                    classes:Sequence[str]=None, groups:Sequence[str]=None, data_config:dict=None, # for a file without our metadata
                    precision:str=None)->Predictor: # recorded for a file without our metadata
-    "A `Predictor` over an ONNX model run with onnxruntime on the CPU, names and preprocessing from its metadata"
+    "A `Predictor` over an ONNX model run with onnxruntime on the CPU, names and preprocessing from its metadata (a mixed file's bit summary checked against its integers)"
     path = Path(path)
-    meta = read_onnx_meta(path, classes, groups, data_config)
+    if threads is not None: check_size('threads', threads, 0, " (0: onnxruntime's default)")
+    m = load_onnx(path); meta = read_onnx_meta(path, classes, groups, data_config, model=m)
+    if str(meta['precision']).startswith('mixed-'): check_bit_assignment(path, m, meta)
+    del m
     if precision is not None and meta['precision'] not in (None, precision):
         raise ValueError(f"{path}: precision={precision!r} was given but the file says {meta['precision']!r}")
     sess, name = load_session(path, threads or None), meta['input_name']   # onnx_session, or the fast loader for mixed files
@@ -123,11 +126,12 @@ def onnx_predictor(path, # an .onnx file (FP32, INT8, or mixed 2/4/8-bit from st
 # %% ../nbs/50_validation.ipynb #da70b4a1
 @MODEL_KINDS.register('mixed')
 def mixed_predictor(path, # a model saved by 30_mixed_precision
+                    avg_bits:float=None, # the avg_bits its run reports (its summary.json): checked against its bits (None: not checked)
                     **kwargs)->Predictor:
-    "A `Predictor` over a mixed-precision model of stage 30 (`fairquant.mixed_precision.load_quantized_checkpoint`)"
+    "A `Predictor` over a mixed-precision model of stage 30 (`fairquant.mixed_onnx.load_mixed_checkpoint`: the stage's loader, its sidecar checked)"
     if kwargs: raise TypeError(f"{path}: a mixed-precision model carries its own names and data config; unexpected {sorted(kwargs)}")
-    model, meta = load_quantized_checkpoint(path)   # checks the header against the sidecar and the recorded SHA-256
     w = checkpoint_paths(path)[0]
+    model, meta = load_mixed_checkpoint(path, avg_bits, w.parent/'summary.json')   # header against sidecar, SHA-256, sidecar summaries against the bits
     return Predictor('mixed', w, list(meta['classes']), list(meta['groups']), dict(meta['data_config']),
                      meta['weights']['sha256'], model.eval(), dict(precision=meta['config'], granularity=meta.get('granularity')))
 
@@ -158,27 +162,47 @@ def select_rows(ds:GroupDataset, # the dataset
     return rows
 
 # %% ../nbs/50_validation.ipynb #d8d344ab
+_KEY_WORDS = dict(model_sha256="the model file's SHA-256", ids_sha1='the image ids (SHA-1)', files_sha1="the images' bytes (SHA-1 of their hashes)",
+                  dataset_sha1="the dataset table (SHA-1)", split='the split', kind='the model kind', classes='the class names',
+                  data_config='the preprocessing', batch_size='batch_size', chunk_batches='chunk_batches')
+
+def _short(v)->str: return f"{v[:12]}…" if isinstance(v, str) and len(v) > 16 else repr(v)
+
 class PartialStore:
-    "Finished chunks of one validation, saved atomically under a key; another key's chunks are discarded"
+    "Finished chunks of one validation, saved atomically under a key; chunks of another validation are refused, an unreadable one is computed again"
     def __init__(self, folder, key:dict):
         self.folder, self.key = Path(folder), key
         self.key_sha = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
     def _chunk(self, i:int)->Path: return self.folder/f'chunk_{i:05d}.npy'
+    def differs(self, stored)->str:
+        "What differs between the key the chunks were saved under (`stored`, from key.json) and this validation's, in words"
+        if not isinstance(stored, dict): return f"{self.folder/'key.json'} is missing or unreadable, so what they were made from is unknown"
+        new = json.loads(json.dumps(self.key, sort_keys=True, default=str))
+        d = [f"{_KEY_WORDS.get(k, k)} {_short(stored.get(k))} then, {_short(new.get(k))} now" for k in sorted(set(stored) | set(new)) if stored.get(k) != new.get(k)]
+        return '; '.join(d) or 'their key differs'
     def load(self, sizes:Sequence[int])->dict:
-        "{chunk index: probabilities} of the chunks already done for this key (a stale folder is removed)"
+        "{chunk index: probabilities} of the chunks already done for this key; chunks of another key are refused, an unreadable chunk is dropped (with a warning) to be computed again"
         if not self.folder.exists(): return {}
-        try: stored = load_json(self.folder/'key.json').get('key_sha')
+        chunks = sorted(self.folder.glob('chunk_*.npy'))
+        try: stored = load_json(self.folder/'key.json')
         except (FileNotFoundError, ValueError): stored = None
-        if stored != self.key_sha:
-            print(f"{self.folder}: discarding partial results of another validation (key {str(stored)[:12]}, now {self.key_sha[:12]}: "
-                  "another model, dataset, split or batching)")
-            shutil.rmtree(self.folder); return {}
-        done = {}
+        if not isinstance(stored, dict) or stored.get('key_sha') != self.key_sha:
+            if not chunks: shutil.rmtree(self.folder); return {}     # nothing computed under that key: nothing to mix in, nothing lost
+            raise ValueError(f"{chunks[0]}{f' (and {len(chunks) - 1} more chunk(s))' if len(chunks) > 1 else ''}: partial results of another validation "
+                             f"({self.differs((stored or {}).get('key') if isinstance(stored, dict) else None)}); they are not mixed into this one. "
+                             f"Delete {self.folder} to start over, or rerun with the same model, images and batching to resume")
+        done, width = {}, len(self.key.get('classes') or []) or None
         for i, n in enumerate(sizes):
             f = self._chunk(i)
             if not f.exists(): continue
-            with open(f, 'rb') as fh: p = np.load(fh, allow_pickle=False)
-            if p.shape[0] != n: raise ValueError(f"{f}: holds {p.shape[0]} rows; expected {n} (delete {self.folder} and rerun)")
+            try:
+                with open(f, 'rb') as fh: p = np.load(fh, allow_pickle=False)
+                bad = None if p.dtype == np.float64 and p.ndim == 2 and p.shape[0] == n and p.shape[1] == (width or p.shape[1]) else \
+                      f"holds a {p.dtype} array of shape {p.shape}; expected ({n}, {width or 'classes'}) float64"
+            except Exception as e: bad = f"cannot be read ({type(e).__name__}: {str(e)[:120]})"
+            if bad:   # never read as fewer rows: computed again (the same images in the same batches: the same numbers)
+                warnings.warn(f"{f}: {bad}, cut short by a kill or a full disk?; chunk {i} is computed again", stacklevel=2)
+                f.unlink(); continue
             done[i] = p
         return done
     def save(self, i:int, probs:np.ndarray):
@@ -257,6 +281,9 @@ def validate(model, # a `Predictor`, or a model file for `load_predictor`
              callback:Callable=None, # called as callback(chunks_done, chunks) after each new chunk
              **load_kw)->Validation: # for `load_predictor` when `model` is a file
     "Run one model over one split and write the per-image CSV (atomically, resumably)"
+    batch_size, chunk_batches, n, seed, workers = (check_size(k, v, lo, what) for k, v, lo, what in (
+        ('batch_size', batch_size, 1, ''), ('chunk_batches', chunk_batches, 1, ''), ('n', n, 0, ' (0: the whole split)'), ('seed', seed, 0, ''),
+        ('workers', workers, 0, ' (0: images loaded in this process)')))
     pred = model if isinstance(model, Predictor) else load_predictor(model, **load_kw)
     check_names(pred, ds)
     rows = select_rows(ds, split, n, seed)
@@ -396,12 +423,6 @@ def check_provenance(df:pd.DataFrame, run_dir)->None:
     if none: print(f"{run_dir}: {none} do not record the checkpoint they come from (files of an older stage): their pairing with a baseline is unchecked; rerun their stage")
 
 
-def check_integrity(files:Sequence[tuple])->None:
-    "Refuse a model file whose bytes differ from the SHA-256 its stage recorded when it wrote it (edited metadata, bits or weights)"
-    for f, row, index in files:
-        if row.get('sha256') and Path(f).is_file() and file_sha256(f) != row['sha256']:
-            raise ValueError(f"{f}: its SHA-256 is not the {row['sha256'][:12]}… that {index} recorded when the file was written: the file was "
-                             "changed since (its data_config, bit assignment or weights edited, or replaced); rerun the stage that makes it")
 
 # %% ../nbs/50_validation.ipynb #ddc7d9f8
 def validate_runs(run_dir, # the run folder
@@ -411,6 +432,8 @@ def validate_runs(run_dir, # the run folder
                   threads:int=None, # onnxruntime intra-op threads for ONNX models
                   progress:bool=True)->list: # a progress bar per model
     "Validate the models of a run folder; write `50_validation/<run>.csv` and `runs.json`; returns the `Validation`s"
+    for k, v, lo, what in (('batch_size', batch_size, 1, ''), ('n', n, 0, ' (0: the whole split)'), ('seed', seed, 0, ''),
+                           ('threads', threads or 0, 0, " (0 or None: onnxruntime's default)")): check_size(k, v, lo, what)   # before any model is found or run
     found = find_models(run_dir)
     if runs is not None:
         unknown = [r for r in runs if r not in set(found.run)]
@@ -419,7 +442,7 @@ def validate_runs(run_dir, # the run folder
     ds, out = open_stage_dataset(run_dir), stage_dir(run_dir, '50_validation')
     results = []
     for r in found.itertuples():
-        kw = dict(threads=threads) if r.kind == 'onnx' else {}
+        kw = dict(threads=threads) if r.kind == 'onnx' else dict(avg_bits=r.avg_bits) if r.kind == 'mixed' else {}   # a run's reported bits checked against its model
         v = validate(load_predictor(r.file, r.kind, **kw), ds, split, out/f'{r.run}.csv', batch_size, n, seed,
                      export_dir=export_dir, progress=progress)
         v.info.update(baseline=r.baseline, stage=r.stage, tag=r.tag, avg_bits=r.avg_bits, source_sha256=r.source_sha256); results.append(v)

@@ -18,7 +18,8 @@ its message that a user needs (the file/row/option AND the expectation). Count t
 | CLI arguments (fairquant-run, -finetune)    |     10 |          10 |            0 |            0 |            0   |                      0 |
 | stage order (run folder missing a stage)    |      6 |           6 |            0 |            0 |            0   |                      0 |
 | validation split / table without a group    |      2 |           2 |            0 |            0 |            0   |                      0 |
-| **total**                                   |**129** |     **125** |    **1**(*) |        **1** |        **2**   |                  **0** |
+| sidecars, pairs, resume, sizes (41/45/50)   |     30 |          30 |            0 |            0 |            0   |                      0 |
+| **total**                                   |**159** |     **155** |    **1**(*) |        **1** |        **2**   |                  **0** |
 
 (**) Two inputs that were accepted silently and wrongly before (issue 21): a 16-bit greyscale PNG is now scaled to 8 bits (it
 saturated: 98 % of pixels became 255) and integer labels 0…10 are classes in numeric order (label 10 was index 2). The
@@ -31,6 +32,16 @@ also run that way (counted skip) after its default clear error. The loud warning
 The two 50_validation cases (a split without a group; a group table with a missing group accuracy) were silent
 acceptances found by this suite and are now refused at the source. `test_group_metrics_missing_group_is_visible`
 checks that a group without images stays visible (`missing_groups`) instead of vanishing from a worst-group value.
+
+The 41/45/50 row (issue 21 items 9 and 11): a quantized checkpoint's sidecar without `weights`, or whose summaries
+(`bits_summary`, `layers_quantized`) or run's `avg_bits` are not its bits; a mixed ONNX file whose metadata bit map is
+not its containers; `localise_onnx` given its FP32 and INT8 files swapped, two FP32 or two INT8 models, or an FP32 and
+an INT8 model of two checkpoints; a 40 file edited before 45 reads it, a 45 model edited before 50 validates it;
+a resumed validation whose chunks were made by another model, on other images, with another batching or without
+their key (refused, naming the chunk and what differs; they were discarded before); sizes and thresholds of 41, 45
+and 50 that mean nothing (negative or zero counts, thresholds outside their range). A resume chunk cut short by a
+kill is in tests/test_faults.py: computed again with a warning naming it, never read as fewer rows, the CSV
+byte-identical.
 """
 import ast, io, json, os, shutil, sys, tarfile, warnings
 from pathlib import Path
@@ -614,3 +625,178 @@ def test_validation_group_table_with_missing_group():
     from fairquant.validation import group_table
     e = dict(run='r', precision='fp32', baseline=None, n=10, n_split=10, acc=.8, group_acc={'light': .9, 'dark': float('nan')}, worst_group_acc=.9)
     _check(lambda: group_table([e], ['light', 'dark']), ValueError, "r", "no accuracy for group(s) ['dark']")
+
+# --------------------------------------- mixed-precision sidecars and files (41), fair INT8 (45), validation resume and sizes (50)
+@pytest.fixture(scope='module')
+def q30(ck, tmp_path_factory):
+    "A stage-30 quantized checkpoint (resnet18, 4 bits per channel, channel 0 of every layer at 2 bits), saved as stage 30 saves it"
+    q = load_checkpoint(ck.path).model
+    bits = mp.uniform_bits(q, 4, 'per_channel')
+    for b in bits.values(): b[0] = 2
+    mp.quantize_model(q, bits, 'per_channel')
+    w, _ = mp.save_quantized_checkpoint(q, tmp_path_factory.mktemp('q30')/'resnet18_mixed', ck.classes, ck.groups, ck.data_config, 'per_channel', 'mixed')
+    return w, q
+
+def _edit_json(src, dest, edit):
+    "A copy of the checkpoint `src` (weights + sidecar) in `dest` whose sidecar `edit` changed; the copy's weights"
+    w, j = dest/src.name, dest/src.with_suffix('.json').name
+    shutil.copy(src, w); s = json.loads(src.with_suffix('.json').read_text()); edit(s); j.write_text(json.dumps(s))
+    return w
+
+SIDECAR_CASES = {
+    'sidecar without weights': (lambda s: s.pop('weights'), ["resnet18_mixed.json: no 'weights' entry with the SHA-256 of resnet18_mixed.safetensors"]),
+    'sidecar bits_summary not its bits': (lambda s: s['bits_summary']['fc.weight'].update(hist={'4': 5}),
+                                          ["resnet18_mixed.json: bits_summary['fc.weight'] = {'shape': [5], 'hist': {'4': 5}} but resnet18_mixed.safetensors holds "
+                                           "{'shape': [5], 'hist': {'2': 1, '4': 4}} (fq_bits/fc.weight)", "rerun 30_mixed_precision"]),
+    'sidecar layers_quantized not its bits': (lambda s: s.update(layers_quantized=2), ["resnet18_mixed.json: layers_quantized = 2 but resnet18_mixed.safetensors holds bits for 21 layers"]),
+}
+
+@pytest.mark.parametrize('case', list(SIDECAR_CASES))
+def test_quantized_sidecar(tmp_path, q30, case):
+    "A quantized checkpoint's sidecar is checked against the bits beside it when 41 (and 50) read it"
+    from fairquant.mixed_onnx import load_mixed_checkpoint
+    edit, frags = SIDECAR_CASES[case]
+    _check(lambda: load_mixed_checkpoint(_edit_json(q30[0], tmp_path, edit)), ValueError, *frags)
+
+def test_quantized_run_avg_bits_not_its_checkpoint(q30):
+    "The avg_bits a run reports (summary.json, read by 50's find_models) must be its checkpoint's"
+    from fairquant.validation import load_predictor
+    _check(lambda: load_predictor(q30[0], avg_bits=4.0), ValueError, "summary.json: avg_bits 4.0 but the run's checkpoint resnet18_mixed.safetensors holds")
+
+def test_mixed_onnx_bit_assignment_not_its_bits(tmp_path, q30, ck):
+    "A mixed ONNX file whose metadata bit map is edited (a channel moved from 2 to 4 bits) is refused by 50's loader, naming the layer"
+    import onnx
+    from fairquant.mixed_onnx import export_mixed
+    from fairquant.onnx_int8 import set_onnx_meta
+    from fairquant.validation import load_predictor
+    f = tmp_path/'m.onnx'; export_mixed(q30[1], f, ck.classes, ck.groups, ck.data_config, 'per_channel')
+    load_predictor(f)                                                            # as written: accepted
+    m = onnx.load(str(f)); ba = json.loads({p.key: p.value for p in m.metadata_props}['bit_assignment'])
+    ba['layers']['fc'] = {'4': 5}; set_onnx_meta(m, dict(bit_assignment=json.dumps(ba))); onnx.save(m, str(f))
+    _check(lambda: load_predictor(f), ValueError, str(f), "metadata bit_assignment['layers']['fc'] = {'4': 5}", "needs {4: 5} channels per container, but the file stores {2: 1, 4: 4}")
+
+@pytest.fixture(scope='module')
+def int8_run(tmp_path_factory):
+    "A run folder with 00, 10 and stage 40's FP32 and static INT8 exports of resnet18"
+    from fairquant.fair_int8 import example_int8_run
+    return example_int8_run(tmp_path_factory.mktemp('int8')/'run', tags=('resnet18',))
+
+def _int8_files(run):
+    d = run/'40_onnx_int8'/'resnet18'
+    return d/'resnet18-fp32.onnx', d/'resnet18-int8-static.onnx'
+
+def _localise_case(tmp_path, run, case):
+    import onnx
+    from fairquant.fair_int8 import localise_onnx
+    from fairquant.onnx_int8 import set_onnx_meta
+    fp, q8 = _int8_files(run)
+    x, c = np.zeros((2, 3, 32, 32), np.float32), np.array([0, 1])
+    if case == 'other checkpoint':
+        m = onnx.load(str(q8)); set_onnx_meta(m, dict(source_sha256='f'*64)); q8 = tmp_path/'other.onnx'; onnx.save(m, str(q8))
+    args = {'swapped': (q8, fp), 'both FP32': (fp, fp), 'both INT8': (q8, q8), 'other checkpoint': (fp, q8)}[case]
+    return lambda: localise_onnx(*args, x, c, ['light', 'dark'], progress=False)
+
+LOCALISE_CASES = {
+    'swapped': ["fp32 and int8 are swapped: fp32 is the quantized model (", "resnet18-int8-static.onnx: precision 'int8-static'",
+                "and int8 the FP32 one (", "pass the FP32 model as fp32 and the INT8 model quantized from it as int8"],
+    'both FP32': ["int8 must be an INT8 model, but neither is quantized", "resnet18-fp32.onnx: precision 'fp32', 0 quantization op(s)"],
+    'both INT8': ["fp32 must be the FP32 model, but both are quantized", "pass the FP32 export int8 was quantized from"],
+    'other checkpoint': ["resnet18-fp32.onnx) was exported from checkpoint", "other.onnx) from checkpoint ffffffffffff…", "rerun 40_onnx_int8"],
+}
+
+@pytest.mark.parametrize('case', list(LOCALISE_CASES))
+def test_localise_pair(tmp_path, int8_run, case):
+    "45's localisation takes (fp32, int8): each model says what it is (precision, quantization ops, checkpoint); a wrong pair is refused, naming which is which"
+    _check(_localise_case(tmp_path, int8_run, case), ValueError, *LOCALISE_CASES[case])
+
+def test_fair_int8_reads_an_edited_40_file(tmp_path, int8_run):
+    "Stage 45 checks 40's files against the SHA-256 40 recorded before it reads them"
+    import onnx
+    from fairquant.fair_int8 import stage_inputs
+    r = tmp_path/'r'; shutil.copytree(int8_run, r)
+    f = _int8_files(r)[1]; m = onnx.load(str(f)); m.doc_string = 'edited'; onnx.save(m, str(f))
+    _check(lambda: stage_inputs(r), ValueError, f"{f}: its SHA-256 is not the", "40_onnx_int8/models.json recorded when the file was written")
+
+def test_validation_of_an_edited_45_model(tmp_path, int8_run):
+    "A 45_fair_int8 model edited after 45 wrote it (its row records the file's SHA-256, as 45 writes it) is refused by 50, naming the file"
+    import onnx
+    from fairquant.core import file_sha256, stage_dir
+    from fairquant.validation import find_models
+    r = tmp_path/'r'; shutil.copytree(int8_run, r)
+    d45 = stage_dir(r, '45_fair_int8'); f = d45/'resnet18'/'resnet18-int8-fair.onnx'; f.parent.mkdir()
+    shutil.copyfile(_int8_files(r)[1], f)
+    save_json(dict(models=[dict(run='resnet18-int8-fair', tag='resnet18', precision='int8-fair', file='resnet18/resnet18-int8-fair.onnx',
+                                baseline='resnet18-onnx-fp32', source_checkpoint='', sha256=file_sha256(f), size_bytes=f.stat().st_size, options={})]),
+              d45/'models.json')
+    assert 'resnet18-int8-fair' in set(find_models(r).run)
+    m = onnx.load(str(f)); p = next(p for p in m.metadata_props if p.key == 'data_config')
+    p.value = json.dumps(dict(json.loads(p.value), crop_pct=0.5)); onnx.save(m, str(f))            # data_config edited by hand
+    _check(lambda: find_models(r), ValueError, f"{f}: its SHA-256 is not the", "45_fair_int8/models.json recorded", "data_config, bit assignment or weights edited")
+
+@pytest.mark.parametrize('kw,frag', [
+    (dict(n_val=-5), "n_val=-5: expected a whole number ≥ 0 (0: every val image)"),
+    (dict(n_test=-1), "n_test=-1: expected a whole number ≥ 0 (0: every test image)"),
+    (dict(batch_size=0), "batch_size=0: expected a whole number ≥ 1"),
+    (dict(threads=-2), "threads=-2: expected a whole number ≥ 0 (0 or None: onnxruntime's default)"),
+    (dict(n_boot=0), "n_boot=0: expected a whole number ≥ 1"),
+    (dict(min_calib_images=-1), "min_calib_images=-1: expected a whole number ≥ 0"),
+    (dict(clip_ratio=0.0), "clip_ratio=0.0: expected a finite number > 0"),
+    (dict(min_clip=1.5), "min_clip=1.5: expected a share of activations in [0, 1]"),
+], ids=['n_val', 'n_test', 'batch_size', 'threads', 'n_boot', 'min_calib_images', 'clip_ratio', 'min_clip'])
+def test_fair_int8_sizes(tmp_path, kw, frag):
+    "Stage 45's sizes and thresholds are checked before it reads anything"
+    from fairquant.fair_int8 import run_fair_int8
+    _check(lambda: run_fair_int8(tmp_path, progress=False, **kw), ValueError, frag)
+
+class _Stop(Exception): pass
+
+def _stop_after(k):
+    def cb(done, total):
+        if done == k: raise _Stop(f'stopped after chunk {done}')
+    return cb
+
+_VKW = dict(split='test', n=56, batch_size=8, chunk_batches=2, progress=False)
+
+def _resume_case(tmp_path, ck, ds, onnx_file, case):
+    "A validation stopped after one chunk, then resumed with one thing changed"
+    from fairquant.validation import validate
+    out = tmp_path/'v.csv'
+    with pytest.raises(_Stop): validate(ck.path, ds, out=out, callback=_stop_after(1), **_VKW)
+    if case == 'chunks of another model': return lambda: validate(onnx_file, ds, out=out, **_VKW)
+    if case == 'chunks of other images': return lambda: validate(ck.path, ds, out=out, **dict(_VKW, seed=1))
+    if case == 'chunks of another batching': return lambda: validate(ck.path, ds, out=out, **dict(_VKW, batch_size=4))
+    (tmp_path/'v.partial'/'key.json').unlink()
+    return lambda: validate(ck.path, ds, out=out, **_VKW)
+
+RESUME_CASES = {
+    'chunks of another model': ["v.partial/chunk_00000.npy: partial results of another validation", "the model kind 'checkpoint' then, 'onnx' now",
+                                "the model file's SHA-256 ", "they are not mixed into this one", "v.partial to start over"],
+    'chunks of other images': ["v.partial/chunk_00000.npy: partial results of another validation (", "the image ids (SHA-1) ", "the images' bytes"],
+    'chunks of another batching': ["v.partial/chunk_00000.npy: partial results of another validation (batch_size 8 then, 4 now)"],
+    'chunks without key.json': ["v.partial/chunk_00000.npy", "v.partial/key.json is missing or unreadable, so what they were made from is unknown"],
+}
+
+@pytest.mark.parametrize('case', list(RESUME_CASES))
+def test_validation_resume_refuses_other_chunks(tmp_path, ck, ds, onnx_file, case):
+    "Issue 21 item 3: a resumed validation refuses chunks made from another model, other images or another batching (never mixed in, never dropped silently)"
+    _check(_resume_case(tmp_path, ck, ds, onnx_file, case), ValueError, *RESUME_CASES[case])
+    assert (tmp_path/'v.partial'/'chunk_00000.npy').exists() and not (tmp_path/'v.csv').exists()   # nothing deleted, nothing written
+
+@pytest.mark.parametrize('kw,frag', [
+    (dict(batch_size=0), "batch_size=0: expected a whole number ≥ 1"),
+    (dict(chunk_batches=-1), "chunk_batches=-1: expected a whole number ≥ 1"),
+    (dict(workers=-2), "workers=-2: expected a whole number ≥ 0"),
+    (dict(n=-5), "n=-5: expected a whole number ≥ 0 (0: the whole split)"),
+    (dict(seed=-1), "seed=-1: expected a whole number ≥ 0"),
+], ids=['batch_size', 'chunk_batches', 'workers', 'n', 'seed'])
+def test_validation_sizes(ck, ds, kw, frag):
+    from fairquant.validation import validate
+    _check(lambda: validate(ck.path, ds, **dict(dict(split='test', progress=False), **kw)), ValueError, frag)
+
+def test_validation_runs_negative_threads(run):
+    from fairquant.validation import validate_runs
+    _check(lambda: validate_runs(run, threads=-1, progress=False), ValueError, "threads=-1: expected a whole number ≥ 0 (0 or None: onnxruntime's default)")
+
+def test_mixed_export_negative_n_check(tmp_path):
+    from fairquant.mixed_onnx import convert_mixed_run
+    _check(lambda: convert_mixed_run(tmp_path, dict(tag='t', config='c', folder='t/c'), tmp_path, n_check=-8), ValueError, "n_check=-8: expected a whole number ≥ 0")

@@ -247,6 +247,12 @@ def test_run_fair_int8_end_to_end(ex):
     assert load_json(out/'summary.json')['met'] == s['met']
     idx = load_json(out/'models.json')['models']
     assert {r['baseline'] for r in idx} == {'resnet18-onnx-fp32'} and all((out/r['file']).exists() for r in idx)
+    # each row records its file's SHA-256 and the checkpoint it descends from (40's); 50 takes them (file unchanged, paired by provenance)
+    from fairquant.core import file_sha256
+    from fairquant.validation import find_models
+    src40 = {r['run']: r for r in load_json(run/'40_onnx_int8'/'models.json')['models']}['resnet18-int8-static']['source_sha256']
+    assert all(r['sha256'] == file_sha256(out/r['file']) and r['source_sha256'] == src40 for r in idx) and src40
+    assert set(s['models']) <= set(find_models(run).run)
     fb, steps = load_json(out/TAG/'fallback.json'), read_csv(out/TAG/'fallback.csv')
     assert fb['val_from_file']['worst_group_drop_pp'] == pytest.approx(steps.worst_group_drop_pp.iloc[-1], abs=1e-9)
     assert fb['test_drop']['n_worst'] > 0 and fb['n_test'] == len(ex['ds'].split('test')) and fb['eps_below_resolution']

@@ -7,7 +7,9 @@ For every kind of work that writes results (CSV/JSON writes, synthetic data gene
   per-image predictions) because the work is seeded and runs single-threaded on the CPU, so any difference is a
   real defect; compared as VALUES, minus the wall-clock entries (`seconds`, `train_seconds`, `git_commit`), for the
   summaries that record how long the run took;
-- leftovers of the killed writes (hidden `.<name>.<host>-<pid>.*.tmp`) are removed at the next start.
+- leftovers of the killed writes (hidden `.<name>.<host>-<pid>.*.tmp`) are removed at the next start;
+- a resume chunk of a validation cut short after the kill (rows lost, or an empty file) is never read as fewer rows:
+  it is computed again with a warning naming it, and the CSV is still byte-identical.
 
 Deterministic kill points are hooks set inside the child process (SIGKILL to itself when the Nth image is saved, at
 the rename that publishes a file, after training step k, after validation chunk k). Random points: the child prints
@@ -249,3 +251,20 @@ def test_validation_killed_then_resumed_identical(tmp_path, run, ds):
     assert code in (KILLED, 0) and (code == 0 or not out.exists()), log[-2000:]
     validate(ck, ds, 'test', out, batch_size=8, chunk_batches=2, progress=False)
     assert out.read_bytes() == ref.read_bytes() and _temps(out.parent) == [] and not (out.parent/'v.partial').exists()
+
+def test_validation_truncated_chunk_computed_again(tmp_path, run, ds):
+    "Issue 21 item 11: resume chunks cut short (rows lost, or empty) after a kill are never read as fewer rows: each is computed again with a warning naming it; the CSV is byte-identical"
+    from fairquant.validation import validate
+    ck = run/'10_finetune_vit_swin'/'resnet18'/'resnet18_synthetic.safetensors'
+    ref, out = tmp_path/'ref'/'v.csv', tmp_path/'k'/'v.csv'
+    validate(ck, ds, 'test', ref, batch_size=8, chunk_batches=2, progress=False)
+    code, log = _child('validate', run=str(run), ck=str(ck), out=str(out), kill_after_chunk=3)
+    assert code == KILLED and not out.exists(), log[-2000:]
+    part = out.parent/'v.partial'
+    cut, empty = part/'chunk_00001.npy', part/'chunk_00002.npy'
+    cut.write_bytes(cut.read_bytes()[:200]); empty.write_bytes(b'')          # its header whole and its rows cut short; nothing at all
+    with pytest.warns(UserWarning) as w: validate(ck, ds, 'test', out, batch_size=8, chunk_batches=2, progress=False)
+    msgs = sorted(str(x.message) for x in w if 'chunk_' in str(x.message))
+    assert [m.split(': ')[0] for m in msgs] == [str(cut), str(empty)], msgs
+    assert all('cannot be read' in m and m.endswith('is computed again') for m in msgs), msgs
+    assert out.read_bytes() == ref.read_bytes() and not part.exists() and _temps(out.parent) == []

@@ -13,7 +13,7 @@ from fairquant.finetune import example_run, load_checkpoint, build_model, model_
 from fairquant.mixed_precision import (quantize_model, quant_layers, weight_shape, unit_shape, model_bits, StageSettings,
                                        run_config, update_runs, example_importance, stage_checkpoints, FLOAT_BITS)
 from fairquant.mixed_onnx import (export_mixed, read_mixed_weights, layer_integers, channel_bits, bits_sha256, mixed_runs,
-                                  convert_mixed_run, mixed_size_report, model_avg_bits)
+                                  convert_mixed_run, mixed_size_report, model_avg_bits, check_bit_assignment)
 from fairquant.onnx_int8 import (load_session, read_onnx_meta, run_onnx, onnx_session, split_images, write_models_index, export_onnx,
                                  CalibReader)
 
@@ -139,6 +139,9 @@ def test_int8_activations_cnn(run, tmp_path):
     got = run_onnx(load_session(tmp_path/'a8.onnx', 1), x)
     fct.test_eq((got.argmax(1) == ref.argmax(1)).mean() >= 0.9, True)
     fct.test_eq(float(np.abs(run_onnx(onnx_session(tmp_path/'a8.onnx', 1), x) - got).max()) < 0.01, True)
+    # its bit summary agrees with what it stores: containers for the sub-8-bit layers, onnxruntime's QDQ for the INT8 ones
+    check_bit_assignment(tmp_path/'a8.onnx')
+    fct.test_eq(sorted(read_mixed_weights(tmp_path/'a8.onnx')), sorted(set(k.removesuffix('.weight') for k in bits) - set(n8)))
 
 
 def test_load_session_plain_files(run, tmp_path):
