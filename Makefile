@@ -12,7 +12,7 @@ WORKERS ?= 2
 # pip prints one harmless line per package for this machine's local package mirror; hide those
 QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
 
-.PHONY: env demo study test lab docs export bench clean-runs
+.PHONY: env demo study test test-slow lab docs export bench clean-runs
 
 env: $(STAMP)
 
@@ -44,7 +44,11 @@ test: $(STAMP)
 	@# threads made single notebooks several times slower
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing --do_print
 	@# pytest-xdist: two worker processes with one OpenMP thread each fill the two cores
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+
+# The slow end-to-end tests make test leaves out (a miniature real FairFace study at 224 px through every stage).
+test-slow: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow tests
 
 # JupyterLab on nbs/ with the project's environment (its python3 kernel is the venv's: JUPYTER_PREFER_ENV_PATH=1 keeps
 # a user-level `python3` kernelspec from shadowing it). Extra server options: make lab LAB_ARGS="--port=8890".

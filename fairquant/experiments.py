@@ -30,11 +30,12 @@ __all__ = ['DEFAULT_GRID', 'GRID_CONFIGS', 'GRID_KEYS', 'GRID_OWNED', 'ASSEMBLE_
            'ARTEFACT_DIRS', 'INDEX_COLUMNS', 'TINY_PARAMS', 'GridConfig', 'register_grid_config', 'GridLoader',
            'dataset_options', 'resolve_root', 'set_roots', 'load_grid', 'Step', 'Cell', 'Plan', 'merge_config_params',
            'plan_params', 'plan_grid', 'clear_for_rerun', 'run_step', 'merge_validations', 'step_state',
-           'code_fingerprint', 'stale_steps', 'check_grid_dir', 'visible_gpus', 'connect', 'check_shared_fs',
-           'checkpoint_weights', 'result_bits', 'CellData', 'read_cell', 'paired', 'cell_numbers', 'cell_row',
-           'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table', 'convergence_warnings', 'pareto_mask',
-           'plot_pareto', 'plot_delta_heatmap', 'group_acc_table', 'load_plan', 'summarize_grid', 'render_html',
-           'write_report', 'publish_artefacts', 'plan_table', 'run_grid', 'format_summary', 'grid_cli', 'tiny_grid']
+           'code_fingerprint', 'data_fingerprint', 'stale_steps', 'check_grid_dir', 'visible_gpus', 'connect',
+           'check_shared_fs', 'checkpoint_weights', 'result_bits', 'CellData', 'read_cell', 'paired', 'cell_numbers',
+           'cell_row', 'seed_summary', 'combine_seeds', 'verdict_sentence', 'verdict_table', 'convergence_warnings',
+           'pareto_mask', 'plot_pareto', 'plot_delta_heatmap', 'group_acc_table', 'load_plan', 'summarize_grid',
+           'render_html', 'write_report', 'publish_artefacts', 'plan_table', 'run_grid', 'format_summary', 'grid_cli',
+           'tiny_grid']
 
 # %% ../nbs/70_experiments.ipynb #46d2dd78
 DEFAULT_GRID = """\
@@ -631,18 +632,38 @@ def code_fingerprint(stages:tuple, nbs:str)->str:
     for p in sorted(Path(fairquant.__file__).parent.glob('*.py')): h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()
 
+# %% ../nbs/70_experiments.ipynb #a3818837
+def data_fingerprint(root)->str:
+    "SHA-1 of a dataset folder's files: relative path, size and modification time of each (hidden folders such as FairQuant's caches left out)"
+    root, h = Path(root), hashlib.sha1()
+    if not root.is_dir(): return 'missing'
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith('.'))
+        for f in sorted(files):
+            st = os.stat(os.path.join(d, f))
+            h.update(f"{os.path.relpath(os.path.join(d, f), root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+def _data_root(s:Step)->str|None:
+    "The dataset folder a data step reads (None: generated data)"
+    return s.params.get('00_datasets', {}).get('root') if s.kind == 'data' else None
+
 # %% ../nbs/70_experiments.ipynb #4934a731
 def stale_steps(grid_dir, steps:Sequence[Step], states:dict, nbs)->dict:
     "{key: why} of the finished steps whose code changed since they ran, or that need a step redone after them (or stale itself)"
-    by, rec, out = {s.key: s for s in steps}, {}, {}
+    by, rec, out, fp = {s.key: s for s in steps}, {}, {}, {}
     for s in steps:
         if states[s.key] == 'done': rec[s.key] = load_json(Path(grid_dir)/s.run_dir/'done.json')
     for s in steps:   # steps come in dependency order: a step's dependencies are decided before it
         if s.key not in rec: continue
         r = rec[s.key]
         code = r.get('info', {}).get('code')   # `_submit` puts it in the step's info, which done.json keeps
+        data, root = r.get('info', {}).get('data'), _data_root(s)
         if code != code_fingerprint(tuple(s.stages), str(nbs)):
             out[s.key] = 'its code changed since it ran' if code else 'it records no code fingerprint (an older grid)'
+        elif root and data != (now := fp.setdefault(root, data_fingerprint(root))):
+            out[s.key] = (f"its dataset folder {root} is gone" if now == 'missing' else f"the files of its dataset folder {root} changed since it ran"
+                          if data else 'it records no data fingerprint (an older grid)')
         elif bad := [d for d in s.deps if d in out or d not in rec or rec[d].get('finished', '') > r.get('finished', '')]:
             out[s.key] = f"{bad[0]}, which it needs, {'is stale' if bad[0] in out else 'was redone after it'}"
     return out
@@ -1220,7 +1241,8 @@ def _submit(client, steps, states, grid_dir, nbs, threads, prog)->dict:
     for s in steps:
         if states[s.key] in ('done', 'stale'): continue   # stale: kept, as the user chose (--rerun-stale redoes it)
         deps = [futs.get(d, dict(key=d, status='done')) for d in s.deps]
-        spec = dict(asdict(s), info={**s.info, 'code': code_fingerprint(tuple(s.stages), str(nbs))})   # what `stale_steps` compares later
+        spec = dict(asdict(s), info={**s.info, 'code': code_fingerprint(tuple(s.stages), str(nbs)),   # what `stale_steps` compares later
+                                     **({'data': data_fingerprint(_data_root(s))} if _data_root(s) else {})})
         futs[s.key] = client.submit(run_step, spec, str(grid_dir), str(nbs), threads, *deps, key=f'{s.key}#{token}',
                                     pure=False, priority=_PRIORITY.get(s.kind, 10))
     step_of, by_key = {f.key: k for k, f in futs.items()}, {s.key: s for s in steps}
