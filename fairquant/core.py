@@ -16,7 +16,7 @@ __all__ = ['SCRATCH_ROOT', 'STAGES', 'PRED_COLUMNS', 'DEMO_STAGES', 'PRESETS', '
            'load_json', 'save_csv', 'save_figure', 'require_columns', 'read_csv', 'read_safetensors_header',
            'read_safetensors', 'write_safetensors', 'file_sha256', 'check_size', 'check_integrity', 'file_slug',
            'stage_dir', 'new_run_dir', 'require_stage', 'rank_classes', 'predictions_table', 'save_predictions',
-           'set_seed', 'project_root', 'git_commit', 'reference_dir', 'package_data_dir', 'nbs_dir',
+           'set_seed', 'project_root', 'git_commit', 'reference_dir', 'resolve_device', 'package_data_dir', 'nbs_dir',
            'notebook_parameters', 'param_type_error', 'check_pipeline', 'run_pipeline', 'cell_directives',
            'stage_cells', 'stage_notebook', 'run_pipeline_cli']
 
@@ -377,6 +377,22 @@ def reference_dir()->Path|None:
     base = Path(os.environ['FAIRQUANT_SHARED']) if 'FAIRQUANT_SHARED' in os.environ else project_root().parent/'shared'
     ref = base/'reference'
     return ref if ref.is_dir() else None
+
+# %% ../nbs/00_core.ipynb #9d4e96c7
+def resolve_device(device:str='auto', # auto | cpu | cuda | cuda:N
+                   option:str='device')->'torch.device': # the option's name in errors
+    "The torch device a stage runs on: `auto` = CUDA when usable else CPU; CUDA asked for but not usable is an error"
+    import torch
+    d = str(device or 'auto').strip().lower()
+    if d == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if d != 'cpu' and not re.fullmatch(r'cuda(:\d+)?', d): raise ValueError(f"{option}={device!r}: expected auto, cpu, cuda or cuda:N")
+    if d.startswith('cuda'):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{option}={device!r}: CUDA is not usable here (torch {torch.__version__} built for CUDA {torch.version.cuda}; "
+                               "no GPU visible, or its driver is too old for this build); use device='cpu' or 'auto' to run on the CPU")
+        if ':' in d and int(d.split(':')[1]) >= torch.cuda.device_count():
+            raise ValueError(f"{option}={device!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    return torch.device(d)
 
 # %% ../nbs/00_core.ipynb #54786c98
 DEMO_STAGES = list(STAGES)

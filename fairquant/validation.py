@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .core import (scratch_dir, Registry, atomic_path, save_json, load_json, save_csv, read_csv, stage_dir, require_stage, check_size, check_integrity,
+from .core import (scratch_dir, Registry, atomic_path, save_json, load_json, save_csv, read_csv, stage_dir, require_stage, check_size, check_integrity, resolve_device,
                             rank_classes, predictions_table, save_predictions, PRED_COLUMNS, git_commit, file_sha256)
 from .datasets import GroupDataset, ImageGroupDataset, build_transform, open_stage_dataset, dataset_identity
 from .finetune import load_checkpoint, checkpoint_paths, CHECKPOINT_FORMAT, CachedDataset, CACHE_LIMIT
@@ -86,6 +86,12 @@ def guess_kind(path)->str:
     if fmt == QUANT_FORMAT: return 'mixed'
     raise ValueError(f"{w}: its header has format {fmt!r}, not {CHECKPOINT_FORMAT!r} (stage 10) nor {QUANT_FORMAT!r} (stage 30)")
 
+def _on_device(model, device)->tuple:
+    "(logits function running `model` on `device` in float32, the device): inputs moved there, logits brought back to the CPU"
+    dev = resolve_device(device or 'cpu'); model = model.to(dev)
+    if dev.type == 'cpu': return model, dev
+    return (lambda x: model(x.to(dev, non_blocking=True)).float().cpu()), dev
+
 def load_predictor(path, # model file: a checkpoint (.safetensors/.json), an .onnx file, or a mixed-precision model
                    kind:str=None, # one of `MODEL_KINDS` (None: from the file name)
                    **kwargs)->Predictor: # passed to the kind's loader (e.g. classes=, threads= for ONNX)
@@ -95,13 +101,15 @@ def load_predictor(path, # model file: a checkpoint (.safetensors/.json), an .on
 # %% ../nbs/50_validation.ipynb #d73fc390
 @MODEL_KINDS.register('checkpoint')
 def checkpoint_predictor(path, # the .safetensors, the .json, or their common stem
+                         device=None, # where the model runs (a torch device or `core.resolve_device` name; None: the CPU)
                          **kwargs)->Predictor:
     "A `Predictor` over a fine-tuned PyTorch checkpoint (`fairquant.finetune.load_checkpoint`)"
     if kwargs: raise TypeError(f"{path}: a checkpoint carries its own names and data config; unexpected {sorted(kwargs)}")
     ck = load_checkpoint(path)
     sha = ck.meta.get('weights', {}).get('sha256') or file_sha256(ck.path)   # load_checkpoint verified it against the file
-    return Predictor('checkpoint', ck.path, list(ck.classes), list(ck.groups), dict(ck.data_config), sha, ck.model,
-                     dict(precision='fp32', model=ck.meta['model']['name']))
+    fn, dev = _on_device(ck.model, device)
+    return Predictor('checkpoint', ck.path, list(ck.classes), list(ck.groups), dict(ck.data_config), sha, fn,
+                     dict(precision='fp32', model=ck.meta['model']['name'], device=str(dev)))
 
 # %% ../nbs/50_validation.ipynb #d88354bd
 @MODEL_KINDS.register('onnx')
@@ -127,13 +135,15 @@ def onnx_predictor(path, # an .onnx file (FP32, INT8, or mixed 2/4/8-bit from st
 @MODEL_KINDS.register('mixed')
 def mixed_predictor(path, # a model saved by 30_mixed_precision
                     avg_bits:float=None, # the avg_bits its run reports (its summary.json): checked against its bits (None: not checked)
+                    device=None, # where the model runs (None: the CPU)
                     **kwargs)->Predictor:
     "A `Predictor` over a mixed-precision model of stage 30 (`fairquant.mixed_onnx.load_mixed_checkpoint`: the stage's loader, its sidecar checked)"
     if kwargs: raise TypeError(f"{path}: a mixed-precision model carries its own names and data config; unexpected {sorted(kwargs)}")
     w = checkpoint_paths(path)[0]
     model, meta = load_mixed_checkpoint(path, avg_bits, w.parent/'summary.json')   # header against sidecar, SHA-256, sidecar summaries against the bits
+    fn, dev = _on_device(model.eval(), device)
     return Predictor('mixed', w, list(meta['classes']), list(meta['groups']), dict(meta['data_config']),
-                     meta['weights']['sha256'], model.eval(), dict(precision=meta['config'], granularity=meta.get('granularity')))
+                     meta['weights']['sha256'], fn, dict(precision=meta['config'], granularity=meta.get('granularity'), device=str(dev)))
 
 # %% ../nbs/50_validation.ipynb #d3769d50
 def check_names(pred:Predictor, # the model
@@ -245,7 +255,8 @@ def _run_chunks(pred:Predictor, tds, sizes:list, batch_size:int, store, workers:
     parts, start = [], 0
     for i, n in enumerate(sizes):
         if i not in done:
-            dl = DataLoader(Subset(tds, range(start, start+n)), batch_size=batch_size, num_workers=workers)
+            dl = DataLoader(Subset(tds, range(start, start+n)), batch_size=batch_size, num_workers=workers,
+                            pin_memory=str(pred.meta.get('device', 'cpu')).startswith('cuda'))
             ps = []
             for x, *_ in dl: ps.append(pred.probs(x)); bar.update(len(x))
             done[i] = np.concatenate(ps)
@@ -430,10 +441,12 @@ def validate_runs(run_dir, # the run folder
                   split:str='test', batch_size:int=64, n:int=0, seed:int=0, # as in `validate`
                   export_dir=None, # also copy each CSV here
                   threads:int=None, # onnxruntime intra-op threads for ONNX models
-                  progress:bool=True)->list: # a progress bar per model
+                  progress:bool=True, # a progress bar per model
+                  device:str='auto')->list: # where PyTorch models run (`core.resolve_device`: CUDA asked for but not usable is an error)
     "Validate the models of a run folder; write `50_validation/<run>.csv` and `runs.json`; returns the `Validation`s"
     for k, v, lo, what in (('batch_size', batch_size, 1, ''), ('n', n, 0, ' (0: the whole split)'), ('seed', seed, 0, ''),
                            ('threads', threads or 0, 0, " (0 or None: onnxruntime's default)")): check_size(k, v, lo, what)   # before any model is found or run
+    dev = resolve_device(device)
     found = find_models(run_dir)
     if runs is not None:
         unknown = [r for r in runs if r not in set(found.run)]
@@ -442,7 +455,7 @@ def validate_runs(run_dir, # the run folder
     ds, out = open_stage_dataset(run_dir), stage_dir(run_dir, '50_validation')
     results = []
     for r in found.itertuples():
-        kw = dict(threads=threads) if r.kind == 'onnx' else dict(avg_bits=r.avg_bits) if r.kind == 'mixed' else {}   # a run's reported bits checked against its model
+        kw = dict(threads=threads) if r.kind == 'onnx' else dict(avg_bits=r.avg_bits, device=dev) if r.kind == 'mixed' else dict(device=dev)   # a run's reported bits checked against its model
         v = validate(load_predictor(r.file, r.kind, **kw), ds, split, out/f'{r.run}.csv', batch_size, n, seed,
                      export_dir=export_dir, progress=progress)
         v.info.update(baseline=r.baseline, stage=r.stage, tag=r.tag, avg_bits=r.avg_bits, source_sha256=r.source_sha256); results.append(v)
