@@ -1,21 +1,26 @@
 """One QAT training step (forward, backward, AdamW) of ResNet-18 (64 px, batch 32) with per-channel 2/4/8-bit fake
-quantization, against the same step in FP32. Prints one JSON object as the last line: {"ratio": quantized / fp32, ...}.
-Run: .venv/bin/python benchmarks/qat_step.py"""
-import json, statistics, time
+quantization, against the same step in FP32, interleaved round by round (`harness.interleaved`). Prints one JSON object
+as the last line: {"ratio": median over the rounds of quantized / fp32 within a round, "ratio_min", "ratio_max", ...}.
+`--fused` puts the fused kernel (`torch.fake_quantize_per_channel_affine`) on CPU too, which `FakeQuant` uses only on
+CUDA: it shows why. Run: .venv/bin/python benchmarks/qat_step.py [--fused] [--rounds 9]"""
+import argparse, json, statistics
 import torch, torch.nn.functional as F, torchvision
+from harness import interleaved, round_ratios, spread
 from fairquant.importance import target_layers
-from fairquant.mixed_precision import assign_bits, quantize_model
+from fairquant.mixed_precision import assign_bits, quantize_model, quantizer
 
 torch.set_num_threads(2)
-REPEATS, WARMUP = 9, 2
+ROUNDS, WARMUP = 9, 2   # each round is short (two steps), so more than the harness's minimum of 5
 
-def make(quantized:bool):
+def make(quantized:bool, fused:bool=None):
     torch.manual_seed(0)
     m = torchvision.models.resnet18(num_classes=10).train()
     if quantized:
         g = torch.Generator().manual_seed(1)
         scores = {k: torch.rand(mod.weight.shape, generator=g) for k, mod in target_layers(m).items()}
         quantize_model(m, assign_bits(scores, 'per_channel', (2, 4, 8), (0.2, 0.4, 0.4)), 'per_channel')
+        for mod in m.modules():
+            if (q := quantizer(mod)) is not None: q.fused = fused
     return m, torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=0.01)
 
 def step(m, opt, x, y):
@@ -24,17 +29,18 @@ def step(m, opt, x, y):
     opt.step()
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--fused', action='store_true', help='the fused fake-quant kernel on CPU too')
+    ap.add_argument('--rounds', type=int, default=ROUNDS, help='interleaved timed rounds (at least 5)')
+    a = ap.parse_args()
+    if a.rounds < 5: ap.error(f'--rounds {a.rounds}: at least 5 interleaved rounds')
     x, y = torch.randn(32, 3, 64, 64), torch.randint(0, 10, (32,))
-    runs = {'fp32': make(False), 'quant': make(True)}
-    times = {k: [] for k in runs}
-    for i in range(WARMUP + REPEATS):
-        order = list(runs.items()) if i % 2 == 0 else list(runs.items())[::-1]   # interleaved, alternating which goes first
-        for k, (m, opt) in order:
-            t = time.perf_counter(); step(m, opt, x, y); dt = time.perf_counter() - t
-            if i >= WARMUP: times[k].append(dt)
+    runs = {'fp32': make(False), 'quant': make(True, True if a.fused else None)}
+    times = interleaved({k: (lambda m=m, o=o: step(m, o, x, y)) for k, (m, o) in runs.items()}, rounds=a.rounds, warmup=WARMUP)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(json.dumps(dict(benchmark='qat_step', model='resnet18', img_size=64, batch=32, granularity='per_channel',
-                          bits=[2, 4, 8], repeats=REPEATS, threads=torch.get_num_threads(),
-                          fp32_s=round(med['fp32'], 4), quant_s=round(med['quant'], 4), ratio=round(med['quant']/med['fp32'], 4))))
+    print(json.dumps(dict(benchmark='qat_step', model='resnet18', img_size=64, batch=32, granularity='per_channel', bits=[2, 4, 8],
+                          fake_quant='fused kernel' if a.fused else 'vectorised (CPU default)', repeats=a.rounds, warmup=WARMUP,
+                          threads=torch.get_num_threads(), fp32_s=round(med['fp32'], 4), quant_s=round(med['quant'], 4),
+                          **spread('ratio', round_ratios(times, 'quant', 'fp32')))))
 
 if __name__ == '__main__': main()

@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
+from scipy import sparse
+from scipy.optimize import milp, linprog, LinearConstraint, Bounds
 
 from .core import (scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, require_stage,
                             set_seed, git_commit, predictions_table, file_sha256)
@@ -33,12 +35,13 @@ __all__ = ['GRANULARITIES', 'GRANULARITY_UNITS', 'FLOAT_BITS', 'SUMMARY_METRICS'
            'check_levels', 'assign_bits', 'budget_levels', 'avg_bits', 'budget_assign', 'budget_assign_units',
            'units_as_maps', 'fake_quantize', 'FakeQuant', 'quant_layers', 'weight_shape', 'quantizer', 'quantize_model',
            'dequantize_model', 'model_bits', 'latent_state_dict', 'uniform_bits', 'LearnableBits', 'learnable_bits',
-           'learned_bits', 'freeze_bits', 'bit_penalty', 'project_bits', 'bit_changes', 'run_metrics', 'fairness_term',
+           'learned_bits', 'freeze_bits', 'bit_penalty', 'project_bits', 'bit_changes', 'group_sensitivity',
+           'minimax_solve', 'minimax_bits', 'float_weights', 'minimax_assign', 'run_metrics', 'fairness_term',
            'predict_split', 'train_epochs', 'QuantConfig', 'get_config', 'iterative_schedule', 'layer_flops',
            'layer_type', 'layer_storage', 'bit_distribution', 'bit_shares', 'size_report', 'bitwidth_text',
            'results_block', 'save_quantized_checkpoint', 'load_quantized_checkpoint', 'StageSettings', 'stage_config',
-           'stage_checkpoints', 'choose_unprivileged', 'importance_file', 'load_scores', 'quantize_for',
-           'avg_share_fixed', 'run_config', 'evaluate_finetuned', 'update_runs', 'read_runs', 'plot_group_acc_vs_bits',
+           'stage_checkpoints', 'choose_unprivileged', 'importance_file', 'load_scores', 'avg_share_fixed',
+           'quantize_for', 'run_config', 'evaluate_finetuned', 'update_runs', 'read_runs', 'plot_group_acc_vs_bits',
            'example_importance', 'stage_table', 'run_mixed_precision']
 
 # %% ../nbs/30_mixed_precision.ipynb #2ff539cf
@@ -212,15 +215,23 @@ def units_as_maps(units:dict, granularity:str)->dict:
 # %% ../nbs/30_mixed_precision.ipynb #ccf7d6fd
 FLOAT_BITS = 32   # marker: a unit that is not quantized (yet)
 
+def _absmax(w:torch.Tensor)->torch.Tensor:
+    "max|w| per output channel, shape (out_channels,), at least 1e-12: two vectorised reductions (amax, amin), no gradient"
+    w2 = w.detach().reshape(len(w), -1)
+    return torch.maximum(w2.amax(1), w2.amin(1).neg_()).clamp_min_(1e-12)
+
 class _FakeQuantFn(torch.autograd.Function):
     "Quantize with per-channel absmax scales and broadcast per-unit qmax; straight-through backward (masked for pruned units)"
     @staticmethod
-    def forward(ctx, w, qm, keep, binary, passthru):
+    def forward(ctx, w, qm, keep, binary, passthru, amax=None, fused=False):
         with torch.no_grad():
-            amax = torch.linalg.vector_norm(w.reshape(len(w), -1), float('inf'), dim=1)   # max|w| per channel, one pass
-            amax = amax.clamp_min(1e-12).reshape((-1,) + (1,)*(w.ndim - 1))
-            inv = qm/amax                                   # 1/scale, broadcast to the unit shape
-            q = (w*inv).round_().div_(inv)                   # one new tensor, rounded and rescaled in place
+            amax = (_absmax(w) if amax is None else amax).reshape((-1,) + (1,)*(w.ndim - 1))
+            if fused:                                        # one kernel: s·round(w·(1/s)), s = max|w|/qmax per channel; ±32767 never binds
+                s = (amax/qm).reshape(-1).float()
+                q = torch.fake_quantize_per_channel_affine(w, s, torch.zeros_like(s), 0, -32768, 32767)
+            else:
+                inv = qm/amax                                # 1/scale, broadcast to the unit shape
+                q = (w*inv).round_().div_(inv)               # one new tensor, rounded (half to even) and rescaled in place
             if binary is not None: q = torch.where(binary, torch.sign(w)*amax/2, q)
             if keep is not None: q = q*keep
             if passthru is not None: q = torch.where(passthru, w, q)
@@ -229,7 +240,11 @@ class _FakeQuantFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         keep, = ctx.saved_tensors
-        return (g if keep is None else g*keep), None, None, None, None
+        return (g if keep is None else g*keep), None, None, None, None, None, None
+
+def _fusable(qm:torch.Tensor, w:torch.Tensor)->bool:
+    "Whether `qm` is one value per output channel (or one for all), which the fused per-channel kernel can express"
+    return all(n == 1 for n in qm.shape[1:]) and qm.shape[0] in (1, len(w))
 
 def _bcast(t:torch.Tensor, ndim:int, granularity:str)->torch.Tensor:
     "Per-unit tensor reshaped to broadcast against a weight of `ndim` dims"
@@ -237,16 +252,20 @@ def _bcast(t:torch.Tensor, ndim:int, granularity:str)->torch.Tensor:
 
 def fake_quantize(w:torch.Tensor, # a weight (output channels first)
                   bits:torch.Tensor, # bits per unit, shaped by `unit_shape`
-                  granularity:str)->torch.Tensor:
+                  granularity:str,
+                  fused:bool=None)->torch.Tensor: # the fused kernel (per_tensor/per_channel); None: on CUDA only
     "`w` quantized to `bits` (per unit) with per-channel scales; straight-through gradient"
-    return FakeQuant(bits, granularity, w.shape)(w)
+    return FakeQuant(bits, granularity, w.shape, fused)(w)
 
 # %% ../nbs/30_mixed_precision.ipynb #f6da0b80
 class FakeQuant(nn.Module):
     "Weight parametrization: static fake quantization at a bit width per unit (`bits` is a saved buffer)"
-    def __init__(self, bits:torch.Tensor, granularity:str, weight_shape:Sequence[int]):
+    def __init__(self, bits:torch.Tensor, granularity:str, weight_shape:Sequence[int],
+                 fused:bool=None): # quantize-dequantize in one fused kernel; None: on CUDA (on CPU that kernel is ~10x slower)
         super().__init__()
         self.granularity, self.weight_shape = check_granularity(granularity), tuple(weight_shape)
+        if fused and granularity == 'per_param': raise ValueError("fused=True: the fused kernel takes one scale per output channel; per_param bits need one per weight")
+        self.fused = fused
         self.register_buffer('bits', torch.zeros(unit_shape(weight_shape, granularity), dtype=torch.int8))
         self.set_bits(bits)
     def set_bits(self, bits:torch.Tensor):
@@ -258,7 +277,9 @@ class FakeQuant(nn.Module):
         bad = bits[((bits < 0) | (bits > 16)) & (bits != FLOAT_BITS)]
         if len(bad): raise ValueError(f"bits {sorted(set(bad.tolist()))} outside 0..16 (or {FLOAT_BITS} = not quantized)")
         self.bits.copy_(bits.to(torch.int8))
-        b, nd = _bcast(self.bits.float(), len(self.weight_shape), self.granularity), len(self.weight_shape)
+        nd = len(self.weight_shape)
+        b = _bcast(self.bits.float(), nd, self.granularity)
+        if self.granularity == 'per_tensor': b = b.expand((self.weight_shape[0],) + (1,)*(nd - 1))   # one qmax per channel, as the fused kernel takes it
         self._qm = (2.0**(b.clamp(1, 16) - 1) - 1).clamp_min(1.0)
         self._keep = (b != 0).float() if (b == 0).any() else None
         self._binary = (b == 1) if (b == 1).any() else None
@@ -266,7 +287,10 @@ class FakeQuant(nn.Module):
         return self
     def _apply(self, fn, *args, **kw):
         super()._apply(fn, *args, **kw); self.set_bits(self.bits); return self   # keep derived tensors on the same device
-    def forward(self, w): return _FakeQuantFn.apply(w, self._qm.to(w.dtype), self._keep, self._binary, self._pass)
+    def forward(self, w):
+        qm = self._qm.to(w.dtype)
+        fused = (w.is_cuda if self.fused is None else self.fused) and _fusable(qm, w)
+        return _FakeQuantFn.apply(w, qm, self._keep, self._binary, self._pass, None, fused)
     def extra_repr(self): return f"{self.granularity}, bits {sorted(set(self.bits.flatten().tolist()))}"
 
 # %% ../nbs/30_mixed_precision.ipynb #5ff0241c
@@ -354,8 +378,9 @@ class LearnableBits(nn.Module):
         qm = lambda x: (2.0**(x.clamp(1, 16) - 1) - 1).clamp_min(1.0)
         keep = lambda x: (x != 0).to(w.dtype) if (x == 0).any() else None
         one = lambda x: (x == 1) if (x == 1).any() else None
-        q_lo = _FakeQuantFn.apply(w, qm(lo).to(w.dtype), keep(lo), one(lo), None)
-        q_hi = _FakeQuantFn.apply(w, qm(hi).to(w.dtype), keep(hi), one(hi), None)
+        amax, fused = _absmax(w), w.is_cuda and self.granularity != 'per_param'   # max|w| once for both quantizers; the fused kernel on CUDA
+        q_lo = _FakeQuantFn.apply(w, qm(lo).to(w.dtype), keep(lo), one(lo), None, amax, fused)
+        q_hi = _FakeQuantFn.apply(w, qm(hi).to(w.dtype), keep(hi), one(hi), None, amax, fused)
         return q_lo + (b - lo)*(q_hi - q_lo)
     def extra_repr(self): return f"{self.granularity}, bits in [{self.bit_min}, {self.bit_max}]"
 
@@ -424,6 +449,185 @@ def bit_changes(initial:dict, # {weight name: initial integer bits per unit}
                 bits_mean_abs_change=float((bf - b0).abs().mean()), learned_drift_mean_abs=float(drift.abs().mean()),
                 learned_drift_max_abs=float(drift.abs().max()), learned_drift_std=float(drift.std(unbiased=False)),
                 rounded_bits_changed=int((bl.round() != b0).sum()), rounded_avg_bits=avg_bits({k: learned[k].round() for k in initial}, shapes))
+
+# %% ../nbs/30_mixed_precision.ipynb #b6a2b85d
+def _check_widths(bits:Sequence[int])->list:
+    "Candidate bit widths, ascending (the last axis of a sensitivity tensor follows them), each checked by `check_levels`"
+    b = list(bits)
+    if not b: raise ValueError("bits: give at least one bit width")
+    if [float(x) for x in b] != sorted(float(x) for x in b): raise ValueError(f"bits={b}: give the widths ascending (the last axis of the sensitivities follows them)")
+    return list(check_levels(b, [1/len(b)]*len(b))[0])
+
+def group_sensitivity(maps:dict, # {weight name: Tensor(G, *W.shape)}: stage 20's per-group `hawq` or `grape` maps
+                      weights:dict, # {weight name: W}: the weights the maps were computed on
+                      bits:Sequence[int]=(2, 4, 8), # candidate bit widths
+                      granularity:str='per_channel', # what one unit is (`unit_shape`)
+                      metric:str='hawq', # which map: hawq (Hessian diagonal) | grape (empirical Fisher)
+                      n_batches:int=1)->dict: # the maps' calibration batches: Δ per batch (1: the sum over batches)
+    "{weight name: Tensor(G, n_units, len(bits))}: Δ_g(u, b) = ½ Σ_{i∈u} h_{g,i} (w_i − Q_b(w_i))², h = map / w²"
+    if metric not in ('hawq', 'grape'):
+        raise ValueError(f"metric={metric!r}: group_sensitivity needs a second-order map, 'hawq' (Hessian diagonal) or 'grape' (empirical Fisher)"
+                         + ("; |∂L_g/∂W| (gradient) has no curvature" if metric == 'gradient' else ''))
+    check_granularity(granularity); bits = _check_widths(bits)
+    if set(maps) != set(weights): raise ValueError(f"maps and weights name different layers: {sorted(set(maps) ^ set(weights))[:4]}")
+    if not (isinstance(n_batches, (int, float)) and n_batches > 0): raise ValueError(f"n_batches={n_batches!r}: expected a number of batches > 0")
+    out = {}
+    for k, m in maps.items():
+        w = torch.as_tensor(weights[k]).detach().float(); m = torch.as_tensor(m).detach().double()
+        if m.ndim != w.ndim + 1 or tuple(m.shape[1:]) != tuple(w.shape):
+            raise ValueError(f"maps[{k!r}]: shape {tuple(m.shape)}, expected (groups, *{tuple(w.shape)}) for its weight")
+        if not torch.isfinite(m).all(): raise ValueError(f"maps[{k!r}]: {int((~torch.isfinite(m)).sum())} non-finite value(s)")
+        cols = []
+        for b in bits:
+            q = fake_quantize(w, torch.full(unit_shape(w.shape, 'per_channel'), b, dtype=torch.int8), 'per_channel').double()   # the model's quantizer, in float32
+            wd = w.double(); r2 = torch.where(wd != 0, (wd - q)/wd.where(wd != 0, torch.ones_like(wd)), torch.zeros_like(wd)).square()
+            d = 0.5*m*r2/n_batches                                             # (G, *W.shape)
+            cols.append(d.reshape(len(m), 1, -1).sum(-1) if granularity == 'per_tensor' else
+                        d.reshape(len(m), len(w), -1).sum(-1) if granularity == 'per_channel' else d.reshape(len(m), -1))
+        out[k] = torch.stack(cols, -1)
+    return out
+
+# %% ../nbs/30_mixed_precision.ipynb #5316d0d9
+def _minimax_inputs(sensitivity:dict, sizes:dict, bits:Sequence[int], budget:float, objective:str, weights)->tuple:
+    "(Δ as float64 (G, units, widths), sizes (units,), widths, {name: units}, normalised weights or None), checked"
+    if objective not in ('max', 'mean'): raise ValueError(f"objective={objective!r}: expected 'max' (the worst group) or 'mean' (group shares)")
+    bits = _check_widths(bits)
+    if not sensitivity: raise ValueError("sensitivity: empty; expected {weight name: Tensor(G, n_units, len(bits))}")
+    if set(sizes) != set(sensitivity): raise ValueError(f"sizes and sensitivity name different layers: {sorted(set(sizes) ^ set(sensitivity))[:4]}")
+    S, n, counts = [], [], {}
+    for k, s in sensitivity.items():
+        s = torch.as_tensor(s).detach().double()
+        if s.ndim != 3 or s.shape[2] != len(bits): raise ValueError(f"sensitivity[{k!r}]: shape {tuple(s.shape)}, expected (groups, units, {len(bits)}) for bits={bits}")
+        if S and s.shape[0] != S[0].shape[0]: raise ValueError(f"sensitivity[{k!r}]: {s.shape[0]} groups, the first layer has {S[0].shape[0]}")
+        if not torch.isfinite(s).all(): raise ValueError(f"sensitivity[{k!r}]: {int((~torch.isfinite(s)).sum())} non-finite value(s)")
+        z = torch.as_tensor(sizes[k]).detach().double().reshape(-1)
+        if len(z) != s.shape[1]: raise ValueError(f"sizes[{k!r}]: {len(z)} entries, sensitivity[{k!r}] has {s.shape[1]} units")
+        if not (torch.isfinite(z).all() and (z > 0).all()): raise ValueError(f"sizes[{k!r}]: parameter counts must be finite and > 0")
+        S.append(s); n.append(z); counts[k] = s.shape[1]
+    S, n = torch.cat(S, 1).numpy(), torch.cat(n).numpy()
+    if not (isinstance(budget, (int, float)) and math.isfinite(budget)): raise ValueError(f"budget={budget!r}: expected a finite average bit width")
+    if budget < bits[0]: raise ValueError(f"budget={budget}: infeasible, below the smallest bit width {bits[0]} (every unit needs at least one of bits={bits})")
+    G = S.shape[0]
+    if objective == 'max':
+        if weights is not None: raise ValueError("weights: only for objective='mean' (the max over groups weighs no group)")
+        return S, n, bits, counts, None
+    if weights is None:
+        if G > 1: raise ValueError(f"weights: objective='mean' over {G} groups needs the groups' shares (e.g. of the calibration split); none given")
+        weights = [1.0]
+    w = np.asarray(weights, dtype=float).reshape(-1)
+    if len(w) != G or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights={list(weights)}: expected {G} finite shares >= 0 with a positive sum, one per group")
+    return S, n, bits, counts, w/w.sum()
+
+# %% ../nbs/30_mixed_precision.ipynb #12edeb29
+def _program(S:np.ndarray, # (G, units, widths) Δ, scaled
+             cost:np.ndarray, # (units, widths): size·bits / Σ size, so the budget row reads in average bits
+             cap:float, # the budget row's right-hand side
+             objective:str, w:np.ndarray,
+             offset:np.ndarray=None)->tuple: # (G,) Δ of units fixed outside this program, added to each group
+    "(c, A, lower, upper, integrality, bounds) of the MILP over x[u, j] (and t, last, for 'max')"
+    G, N, B = S.shape; nx = N*B
+    onehot = sparse.kron(sparse.eye(N, format='csr'), np.ones((1, B)), format='csr')
+    if objective == 'max':
+        off = np.zeros(G) if offset is None else offset
+        A = sparse.vstack([sparse.hstack([sparse.csr_matrix(S.reshape(G, nx)), -np.ones((G, 1))]),
+                           sparse.hstack([onehot, sparse.csr_matrix((N, 1))]), sparse.csr_matrix(np.r_[cost.reshape(-1), 0][None])], format='csr')
+        lo, hi = np.r_[np.full(G, -np.inf), np.ones(N), -np.inf], np.r_[-off, np.ones(N), cap]
+        return np.r_[np.zeros(nx), 1.0], A, lo, hi, np.r_[np.ones(nx), 0], Bounds(np.r_[np.zeros(nx), -np.inf], np.r_[np.ones(nx), np.inf])
+    A = sparse.vstack([onehot, sparse.csr_matrix(cost.reshape(1, -1))], format='csr')
+    return np.einsum('g,gn->n', w, S.reshape(G, nx)), A, np.r_[np.ones(N), -np.inf], np.r_[np.ones(N), cap], np.ones(nx), Bounds(0, 1)
+
+def _relaxation(S, cost, cap, objective, w, time_limit)->tuple:
+    "(lower bound, x (units, widths), price (units, widths)) of the linear relaxation; price: each width's cost at the duals"
+    G, N, B = S.shape
+    c, A, lo, hi, _, bnd = _program(S, cost, cap, objective, w)
+    eq = lo == hi
+    r = linprog(c, A_ub=A[~eq], b_ub=hi[~eq], A_eq=A[eq], b_eq=hi[eq], bounds=np.c_[bnd.lb, bnd.ub], method='highs',
+                options=dict(time_limit=max(time_limit, 0.1)))
+    if r.status != 0: raise RuntimeError(f"minimax_bits: the linear relaxation failed ({r.message})")
+    dual = -r.ineqlin.marginals                                         # >= 0: the price of each <= row
+    lam, mu = (dual[:G], dual[G]) if objective == 'max' else (w, dual[0])
+    return r.fun, r.x[:N*B].reshape(N, B), np.einsum('g,gnb->nb', lam, S) + mu*cost
+
+# %% ../nbs/30_mixed_precision.ipynb #0c368d93
+def minimax_solve(sensitivity:dict, # {weight name: Tensor(G, n_units, len(bits))}, e.g. from `group_sensitivity`
+                  sizes:dict, # {weight name: Tensor(n_units)}: parameters per unit
+                  bits:Sequence[int], # candidate widths, ascending (the sensitivities' last axis)
+                  budget:float, # parameter-weighted average bits, never exceeded
+                  objective:str='max', # 'max': the worst group's Σ Δ; 'mean': Σ_g weights_g Σ Δ_g
+                  weights:Sequence[float]=None, # group shares for 'mean' (normalised); required with several groups
+                  exact_units:int=32, # up to this many units: one exact program; else relaxation + exact over this many
+                  time_limit:float=10.0, # seconds for the whole solve (the integer step stops with its best solution)
+                  mip_rel_gap:float=1e-6)->tuple: # HiGHS' relative gap for the integer step
+    "(bits {weight name: int8 Tensor(n_units)}, info): `minimax_bits` with the objective reached, its bound and the gap"
+    t0 = time.perf_counter()
+    S, n, bits, counts, w = _minimax_inputs(sensitivity, sizes, bits, budget, objective, weights)
+    G, N, B = S.shape; b = np.asarray(bits, dtype=float)
+    scale = float(np.abs(S).sum(1).max()) or 1.0; Sn = S/scale          # the program reads Δ in units of the largest group total
+    cost = n[:, None]*b[None]/n.sum()
+    value = lambda j: (lambda tot: (tot.max() if objective == 'max' else w @ tot, tot))(Sn[:, np.arange(N), j].sum(1))
+    if N <= exact_units: j, free, bound, how = np.zeros(N, int), np.arange(N), None, f'exact: one integer program over all {N} units'
+    else:
+        bound, x, price = _relaxation(Sn, cost, float(budget), objective, w, time_limit)
+        srt = np.sort(price, 1); frac = np.flatnonzero(x.max(1) < 1 - 1e-6)
+        free = np.union1d(frac, np.argsort((srt[:, 1] - srt[:, 0])/np.maximum(np.abs(srt[:, 0]), 1e-300), kind='stable')[:exact_units]); j = x.argmax(1)
+        how = f'linear relaxation (the bound), then an exact integer program over {len(free)} units ({len(frac)} fractional), the rest fixed'
+    fixed = np.setdiff1d(np.arange(N), free)
+    off, used = Sn[:, fixed, j[fixed]].sum(1), float(cost[fixed, j[fixed]].sum())
+    cap, status = float(budget) - used, None
+    for _ in range(3):                                                  # HiGHS' tolerances could let the budget row slip by ~1e-7: re-solve tighter
+        c, A, lo, hi, integ, bnd = _program(Sn[:, free], cost[free], cap, objective, w, off)
+        r = milp(c, integrality=integ, bounds=bnd, constraints=LinearConstraint(A, lo, hi),
+                 options=dict(time_limit=max(time_limit - (time.perf_counter() - t0), 0.5), mip_rel_gap=mip_rel_gap))
+        if r.x is None: raise RuntimeError(f"minimax_bits: no integer solution within time_limit={time_limit} s ({r.message})")
+        j[free] = r.x[:len(free)*B].reshape(len(free), B).argmax(1); status = r.message
+        over = (n*b[j]).sum()/n.sum() - budget
+        if over <= 1e-12*max(1.0, budget): break
+        cap -= 2*over
+    else: raise RuntimeError(f"minimax_bits: the solution stays {over:.3g} bits above budget={budget} after re-solving")
+    if bound is None: bound = getattr(r, 'mip_dual_bound', None) if r.status == 0 else None
+    got, tot = value(j)
+    bound = got if bound is None else min(float(bound), got)
+    out, i = {}, 0
+    for k, m in counts.items(): out[k] = torch.from_numpy(b[j[i:i + m]].astype(np.int8)); i += m
+    info = dict(objective=objective, value=got*scale, bound=bound*scale, gap=(got - bound)/got if got > 0 else 0.0,
+                group_totals=(tot*scale).tolist(), weights=None if w is None else w.tolist(), avg_bits=float((n*b[j]).sum()/n.sum()),
+                budget=float(budget), units=N, free_units=len(free), method=how, status=status, seconds=time.perf_counter() - t0)
+    return out, info
+
+# %% ../nbs/30_mixed_precision.ipynb #e4b8f643
+def minimax_bits(sensitivity:dict, # {weight name: Tensor(G, n_units, len(bits))}, e.g. from `group_sensitivity`
+                 sizes:dict, # {weight name: Tensor(n_units)}: parameters per unit
+                 bits:Sequence[int], # candidate widths, ascending
+                 budget:float, # parameter-weighted average bits, never exceeded
+                 objective:str='max', # 'max' | 'mean'
+                 weights:Sequence[float]=None, # group shares for 'mean'
+                 **solver)->dict: # `minimax_solve`'s exact_units, time_limit, mip_rel_gap
+    "{weight name: int8 Tensor(n_units)}: bits minimising the worst group's (or the weighted mean) predicted loss increase under the budget"
+    return minimax_solve(sensitivity, sizes, bits, budget, objective, weights, **solver)[0]
+
+# %% ../nbs/30_mixed_precision.ipynb #d7f2bd71
+def float_weights(model:nn.Module)->dict:
+    "{weight name: the float weight} of every Conv2d/Linear (the latent weight when quantized), detached"
+    return {k: (m.parametrizations.weight.original if parametrize.is_parametrized(m, 'weight') else m.weight).detach() for k, m in quant_layers(model).items()}
+
+def minimax_assign(maps:dict, # {weight name: Tensor(G, *W.shape)}: stage 20's per-group maps (not reduced)
+                   weights:dict, # {weight name: W} the maps were computed on (`float_weights`)
+                   granularity:str, # per_tensor | per_channel (per_param: one binary per weight, too many)
+                   bits:Sequence[int]=(2, 4, 8), target:float=4.0, # widths, and the parameter-weighted budget
+                   objective:str='max', group_weights:Sequence[float]=None, # as `minimax_solve`
+                   metric:str='grape', **solver)->tuple: # which map (`group_sensitivity`); `minimax_solve`'s options
+    "(bits per unit, levels (unit share per width), achieved average, info): `minimax_solve` on `group_sensitivity`, shaped for `quantize_model`"
+    if check_granularity(granularity) == 'per_param':
+        raise ValueError("granularity='per_param': one binary per weight and width (33 M for ResNet-18) is beyond the integer program; use per_channel or per_tensor")
+    bits = _check_widths(bits)
+    sens = group_sensitivity(maps, weights, bits, granularity, metric)
+    shapes = {k: tuple(weights[k].shape) for k in sens}
+    sizes = {k: torch.full((s.shape[1],), math.prod(shapes[k])/s.shape[1], dtype=torch.float64) for k, s in sens.items()}
+    b, info = minimax_solve(sens, sizes, bits, target, objective, group_weights, **solver)
+    out = {k: v.reshape(unit_shape(shapes[k], granularity)) for k, v in b.items()}
+    flat = torch.cat(list(b.values()))
+    return out, tuple(float((flat == x).double().mean()) for x in bits), avg_bits(out, shapes), info
 
 # %% ../nbs/30_mixed_precision.ipynb #aa61b7f6
 SUMMARY_METRICS = ('acc', 'group_acc', 'group_n', 'worst_group', 'worst_group_acc', 'best_group', 'gap_pp', 'group_mean_acc',
@@ -526,12 +730,18 @@ class QuantConfig:
     lambda_b: float = 1e-2             # baq: L2 pull of the bits toward their initial values (the budget is held by `project_bits`)
     rounds: int = 3                    # iterative_qat: steps until the final mix
     qat: bool = False                  # uniform: also train (QAT) like the mixed configurations (not in the published grid)
+    objective: str = None              # how bits are chosen: None = rank the reduced map; 'max' | 'mean' = `minimax_assign` on the per-group maps
     def __post_init__(self):
         if self.mode not in MODES: raise ValueError(f"config {self.name!r}: mode={self.mode!r} is not one of {MODES}")
         if self.needs_importance and not self.metric: raise ValueError(f"config {self.name!r}: mode {self.mode} needs an importance metric")
         if self.mode == 'uniform': check_levels([self.uniform_bit], [1])
         if self.needs_importance: check_levels(self.bits, self.levels)
         if self.mode == 'iterative_qat' and self.rounds < 1: raise ValueError(f"config {self.name!r}: rounds={self.rounds}: expected at least 1")
+        if self.objective is not None:
+            if self.objective not in ('max', 'mean'): raise ValueError(f"config {self.name!r}: objective={self.objective!r}: expected None, 'max' or 'mean'")
+            if self.mode not in ('fair_static', 'fair_static_qat'): raise ValueError(f"config {self.name!r}: objective needs mode fair_static or fair_static_qat, not {self.mode}")
+            if self.metric not in ('hawq', 'grape'): raise ValueError(f"config {self.name!r}: objective needs the metric 'grape' or 'hawq' (a curvature), not {self.metric!r}")
+            if self.reducer is not None: raise ValueError(f"config {self.name!r}: objective reads every group's map: reducer must be None, not {self.reducer!r}")
     @property
     def needs_importance(self)->bool: return self.mode in ('fair_static', 'fair_static_qat', 'iterative_qat', 'baq_learnable')
     @property
@@ -555,7 +765,10 @@ for _c in [QuantConfig('fp32_ft', 'none'),
            QuantConfig('fq_qat_iter', 'iterative_qat', 'grape', 'balanced', fairness_lambda=0.5, rounds=3),
            QuantConfig('uniform4_qat', 'uniform', uniform_bit=4, qat=True),
            QuantConfig('fq_qat_blind', 'fair_static_qat', 'grape', None, fairness_lambda=0.5),
-           QuantConfig('fq_qat_nofair', 'fair_static_qat', 'grape', 'balanced', fairness_lambda=0.0)]:
+           QuantConfig('fq_qat_nofair', 'fair_static_qat', 'grape', 'balanced', fairness_lambda=0.0),
+           QuantConfig('fq_minimax', 'fair_static', 'grape', None, objective='max'),
+           QuantConfig('fq_minimax_qat', 'fair_static_qat', 'grape', None, objective='max', fairness_lambda=0.5),
+           QuantConfig('hawq_ilp', 'fair_static', 'grape', None, objective='mean')]:
     CONFIGS.register(_c.name)(lambda c=_c: c)
 
 def get_config(name:str|dict|QuantConfig, **overrides)->QuantConfig:
@@ -791,6 +1004,9 @@ def stage_config(config:str|dict|QuantConfig, # a CONFIGS name (or a dict / Quan
                  s:StageSettings)->QuantConfig:
     "The configuration a run uses: `s.fairness_lambda` replaces the weight of configurations with a fairness term, `s.rounds` iterative QAT's"
     cfg = get_config(config)
+    if cfg.objective is not None and s.granularity == 'per_param':
+        raise ValueError(f"config {cfg.name!r} solves an integer program with one binary per unit and width: granularity='per_param' "
+                         "(one unit per weight) is too large for it; use per_channel or per_tensor")
     over = dict(fairness_lambda=s.fairness_lambda if cfg.fairness_lambda > 0 else None, rounds=s.rounds if cfg.mode == 'iterative_qat' else None)
     return get_config(cfg, **over)
 
@@ -812,15 +1028,16 @@ def choose_unprivileged(meta:dict)->str:
 
 # %% ../nbs/30_mixed_precision.ipynb #0a544111
 def importance_file(run_dir, tag:str, cfg:QuantConfig)->Path:
-    "The stage-20 file a configuration needs (the group-blind map when its reducer is None); refused when absent"
-    name = f"{tag}/importance-{cfg.metric}{'-blind' if cfg.reducer is None else ''}.safetensors"
+    "The stage-20 file a configuration needs (the group-blind map when its reducer and objective are None); refused when absent"
+    name = f"{tag}/importance-{cfg.metric}{'-blind' if cfg.reducer is None and cfg.objective is None else ''}.safetensors"
     return require_stage(run_dir, '20_importance', name, needed_by=f'30_mixed_precision ({cfg.name})')/name
 
+# %% ../nbs/30_mixed_precision.ipynb #52445742
 def load_scores(path, # an importance file of 20_importance
                 cfg:QuantConfig, model:nn.Module, groups:Sequence[str], unprivileged:str=None,
                 checkpoint_sha256:str=None, # refuse maps computed for other weights
                 dataset_sha1:str=None)->dict: # refuse maps drawn from another dataset (its `identity()['table_sha1']`)
-    "{weight name: reduced importance map}, checked against the model's layers, the checkpoint and the dataset's groups"
+    "{weight name: reduced importance map} (the per-group maps (G, *W.shape) for an `objective`), checked against the model's layers, the checkpoint and the dataset's groups"
     maps, meta = load_importance(path)
     if checkpoint_sha256 and not meta.get('checkpoint_sha256'):
         raise ValueError(f"{path}: records no checkpoint SHA-256, so nothing ties it to these weights; recompute it with 20_importance")
@@ -836,11 +1053,12 @@ def load_scores(path, # an importance file of 20_importance
     if missing or extra: raise ValueError(f"{path}: its layers differ from the model's: missing {missing[:4]}, unexpected {extra[:4]}")
     bad = [(k, tuple(v.shape[1:]), layers[k]) for k, v in maps.items() if tuple(v.shape[1:]) != layers[k]]
     if bad: raise ValueError(f"{path}: maps of the wrong shape (name, map, weight): {bad[:3]}")
-    if cfg.reducer is None:
+    if cfg.reducer is None and cfg.objective is None:
         if any(v.shape[0] != 1 for v in maps.values()): raise ValueError(f"{path}: expected the group-blind map (one group)")
         return {k: v[0] for k, v in maps.items()}
     if list(meta.get('groups', groups)) != list(groups):
         raise ValueError(f"{path}: groups {meta['groups']} differ from the dataset's {list(groups)}")
+    if cfg.objective is not None: return maps                           # every group's map: `minimax_assign` weighs them
     return reduce_importance(maps, cfg.reducer, alpha=cfg.cvar_alpha, beta=cfg.beta, groups=list(groups),
                              unprivileged=None if unprivileged is None else list(groups).index(unprivileged))
 
@@ -854,6 +1072,7 @@ def _logger(path:Path)->logging.Logger:
 def _close(log:logging.Logger):
     for h in list(log.handlers): h.close(); log.removeHandler(h)
 
+# %% ../nbs/30_mixed_precision.ipynb #9e73eca8
 def _test_split(ds:GroupDataset, tf)->tuple:
     t = ds.split('test').reset_index(drop=True)
     if len(t) == 0: raise ValueError(f"dataset {ds.name!r}: the test split has no images; predictions and summary.json are reported on test "
@@ -863,6 +1082,7 @@ def _test_split(ds:GroupDataset, tf)->tuple:
                                 f"and the gap would silently leave them out; expected every group of {list(ds.groups)} in test")
     return t, ds.torch_dataset('test', tf)
 
+# %% ../nbs/30_mixed_precision.ipynb #37d21265
 def _report_args(cfg:QuantConfig, s:StageSettings, extra:dict)->str:
     d = {**asdict(cfg), **{f'settings.{k}': v for k, v in asdict(s).items()}, **extra}
     return 'FairQuant Run Arguments\n' + '='*30 + '\n' + ''.join(f'{k}: {v}\n' for k, v in d.items())
@@ -878,29 +1098,25 @@ def _train_for(cfg, s, model, train, val, ds, log, progress, bit_params=(), desc
     return train_epochs(model, train.dataset, epochs, s.lr, s.batch_size, s.seed, cfg.fairness_lambda, s.grad_clip,
                         s.weight_decay, bit_params, s.bit_lr, cfg.lambda_b if bit_params else 0.0, after, progress, desc, max_steps)
 
-def quantize_for(cfg:QuantConfig, s:StageSettings, model:nn.Module, scores:dict, train, val, ds, log, progress=True)->dict:
-    "Apply a configuration to `model` in place (assign, quantize, train as its mode says); returns what to record"
-    g, rec = s.granularity, {}
-    if cfg.mode == 'none':
-        if s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc='[FP32 FT] ')
-        return rec
-    if cfg.mode == 'uniform':
-        quantize_model(model, uniform_bits(model, cfg.uniform_bit, g), g)
-        if cfg.qat and s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc='[QAT] ')
-        return rec
-    bits, levels, got = budget_assign(scores, g, cfg.bits, s.target_avg_bits, cfg.levels)
-    rec.update(levels=dict(zip(sorted(cfg.bits), [round(l, 6) for l in levels])), assigned_avg_bits=got)
-    log.info(f'[assign] bits {sorted(cfg.bits)} levels {[round(l, 4) for l in levels]} -> parameter-weighted average {got:.4f} (target {s.target_avg_bits})')
-    if cfg.mode in ('fair_static', 'fair_static_qat'):
-        quantize_model(model, bits, g)
-        if cfg.mode == 'fair_static_qat' and s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc='[QAT] ')
-    elif cfg.mode == 'iterative_qat':
-        for r, b in enumerate(iterative_schedule(scores, bits, g, cfg.rounds), 1):
-            quantize_model(model, b, g)
-            log.info(f'[iterative] round {r}/{cfg.rounds}: {100*avg_share_fixed(b):.1f}% of units at their final bits')
-            if s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc=f'[Round {r}/{cfg.rounds}] ')
-    elif cfg.mode == 'baq_learnable': rec.update(_baq(cfg, s, model, bits, scores, train, val, ds, log, progress))
-    return rec
+# %% ../nbs/30_mixed_precision.ipynb #f3a6cfce
+def avg_share_fixed(bits:dict)->float:
+    "Share of units not at FLOAT_BITS"
+    u = torch.cat([b.reshape(-1) for b in bits.values()])
+    return float((u != FLOAT_BITS).double().mean())
+
+# %% ../nbs/30_mixed_precision.ipynb #a60711cf
+def _minimax_for(cfg, s, model, maps, ds, log)->tuple:
+    "`minimax_assign` for a configuration: 'mean' weighs the groups by their share of the train split; returns (bits, levels, average, record)"
+    t = ds.split('train')
+    if cfg.objective == 'mean' and len(t) == 0: raise ValueError(f"dataset {ds.name!r}: the train split has no images, so {cfg.name} has no group shares to weigh by")
+    shares = [float((t.group == j).mean()) for j in range(len(ds.groups))] if cfg.objective == 'mean' else None
+    bits, levels, got, info = minimax_assign(maps, float_weights(model), s.granularity, cfg.bits, s.target_avg_bits, cfg.objective, shares, cfg.metric)
+    rec = dict(objective=cfg.objective, metric=cfg.metric, predicted=info['value'], bound=info['bound'], gap=info['gap'],
+               group_totals=dict(zip(ds.groups, info['group_totals'])), group_weights=None if shares is None else dict(zip(ds.groups, shares)),
+               method=info['method'], solver_seconds=round(info['seconds'], 3))
+    log.info(f"[minimax] objective {cfg.objective} over {cfg.metric} sensitivities: predicted {info['value']:.6g} (bound {info['bound']:.6g}, gap {info['gap']:.2e}); "
+             f"per group {rec['group_totals']}; {info['method']}")
+    return bits, levels, got, rec
 
 def _baq(cfg, s, model, bits, scores, train, val, ds, log, progress)->dict:
     "BAQ: learn real-valued bits from `bits`, project them onto the budget (`project_bits`), fine-tune at the final bits"
@@ -918,10 +1134,70 @@ def _baq(cfg, s, model, bits, scores, train, val, ds, log, progress)->dict:
     if steps: _train_for(cfg, s, model, train, val, ds, log, progress, desc='[BAQ final bits] ', epochs=math.ceil(s.baq_final_epochs), max_steps=steps)
     return dict(rec, final_finetune_steps=steps)
 
-def avg_share_fixed(bits:dict)->float:
-    "Share of units not at FLOAT_BITS"
-    u = torch.cat([b.reshape(-1) for b in bits.values()])
-    return float((u != FLOAT_BITS).double().mean())
+# %% ../nbs/30_mixed_precision.ipynb #683f7398
+def quantize_for(cfg:QuantConfig, s:StageSettings, model:nn.Module, scores:dict, train, val, ds, log, progress=True)->dict:
+    "Apply a configuration to `model` in place (assign, quantize, train as its mode says); returns what to record"
+    g, rec = s.granularity, {}
+    if cfg.mode == 'none':
+        if s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc='[FP32 FT] ')
+        return rec
+    if cfg.mode == 'uniform':
+        quantize_model(model, uniform_bits(model, cfg.uniform_bit, g), g)
+        if cfg.qat and s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc='[QAT] ')
+        return rec
+    if cfg.objective is None: bits, levels, got = budget_assign(scores, g, cfg.bits, s.target_avg_bits, cfg.levels)
+    else: bits, levels, got, alloc = _minimax_for(cfg, s, model, scores, ds, log); rec.update(allocation=alloc)
+    rec.update(levels=dict(zip(sorted(cfg.bits), [round(l, 6) for l in levels])), assigned_avg_bits=got)
+    log.info(f'[assign] bits {sorted(cfg.bits)} levels {[round(l, 4) for l in levels]} -> parameter-weighted average {got:.4f} (target {s.target_avg_bits})')
+    if cfg.mode in ('fair_static', 'fair_static_qat'):
+        quantize_model(model, bits, g)
+        if cfg.mode == 'fair_static_qat' and s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc='[QAT] ')
+    elif cfg.mode == 'iterative_qat':
+        for r, b in enumerate(iterative_schedule(scores, bits, g, cfg.rounds), 1):
+            quantize_model(model, b, g)
+            log.info(f'[iterative] round {r}/{cfg.rounds}: {100*avg_share_fixed(b):.1f}% of units at their final bits')
+            if s.epochs: _train_for(cfg, s, model, train, val, ds, log, progress, desc=f'[Round {r}/{cfg.rounds}] ')
+    elif cfg.mode == 'baq_learnable': rec.update(_baq(cfg, s, model, bits, scores, train, val, ds, log, progress))
+    return rec
+
+# %% ../nbs/30_mixed_precision.ipynb #1eaf25ff
+TEST_NOT_COMPUTED = ("not computed here (test_predictions=False): 50_validation evaluates the saved model on the test split; "
+                     "predictions.csv and the test metrics are its")
+
+def _test_metrics(d:Path, model, ds, cfg, s, test, log)->dict:
+    "Test predictions (predictions.csv) and the metrics of exactly those predictions"
+    test_t, test_ds = test
+    lg, y, g = predict_split(model, test_ds, s.eval_batch_size)
+    if not (np.array_equal(y.numpy(), test_t.label.to_numpy()) and np.array_equal(g.numpy(), test_t.group.to_numpy())):
+        raise RuntimeError("test predictions are not in the test table's order")
+    preds = predictions_table(image_ids=test_t.image_id.tolist(), groups=[ds.groups[i] for i in test_t.group],
+                              labels=test_t.label.to_numpy(), probs=lg.softmax(1).numpy(), classes=ds.classes)
+    m = run_metrics(lg, y, g, ds.classes, ds.groups, pred=table_codes(preds, ds.classes, ds.groups, d/'predictions.csv')[1])
+    save_csv(preds, d/'predictions.csv')
+    log.info('\n' + results_block(f'FINAL RESULTS: {cfg.name}', m, ds.groups, 'test'))
+    return dict(test_predictions=True, n_test=len(test_t), **m)
+
+# %% ../nbs/30_mixed_precision.ipynb #e3ee22e6
+def _finish_run(d:Path, model, ck, ds, cfg, s, test, log, tag)->dict:
+    "Test predictions and metrics (unless `test` is None), reports and checkpoint of a finished model"
+    if test is None: log.info(f'[final] {cfg.name}: test metrics {TEST_NOT_COMPUTED}'); m = dict(test_predictions=False, test_metrics=TEST_NOT_COMPUTED)
+    else: m = _test_metrics(d, model, ds, cfg, s, test, log)
+    gran = s.granularity if model_bits(model) else 'fp32'
+    table = bit_distribution(model, gran)
+    text, tot = size_report(table, layer_flops(model, ck.data_config['input_size']))
+    save_csv(table, d/'bit_distribution.csv'); (d/'size_report.txt').write_text(text)
+    (d/'bitwidth_percentages.txt').write_text(bitwidth_text(bit_shares(model)))
+    log.info(f"[bit-report] avg_bits={tot['avg_bits']:.3f} size={tot['size_mb']:.4f}MB (weights {tot['weights_mb']:.4f}, scales {tot['scales_mb']:.4f}, "
+             f"bit maps {tot['bitmap_mb']:.4f}) GOPs={tot['gops']:.4f} weight_bit_gops={tot['weight_bit_gops']:.4f}")
+    log.info('[bitwidth %] ' + ' '.join(f'{b}b={p:.2f}%' for b, p in bit_shares(model).params_pct.items()))
+    w, _ = save_quantized_checkpoint(model, d/f'{tag}_{cfg.name}', ds.classes, ds.groups, ck.data_config, gran, cfg.name,
+                                     config_settings=asdict(cfg), settings=asdict(s), base_checkpoint=str(ck.path))
+    return dict(config=cfg.name, tag=tag, mode=cfg.mode, trains=cfg.trains, reference=cfg.reference, fairness_lambda=cfg.fairness_lambda,
+                seed=s.seed, granularity=gran, granularity_units=GRANULARITY_UNITS.get(gran, 'float32 weights, not quantized'),
+                target_avg_bits=s.target_avg_bits if cfg.needs_importance else None,
+                **{k: tot[k] for k in ('avg_bits', 'avg_bits_channels', 'size_mb', 'weights_mb', 'scales_mb', 'bitmap_mb', 'baseline_mb',
+                                       'stored_bits_per_weight', 'gops', 'weight_bit_gops')},
+                checkpoint=w.name, **m, git_commit=git_commit())
 
 # %% ../nbs/30_mixed_precision.ipynb #02531228
 def run_config(run_dir, # run folder with 00_datasets, 10_finetune_vit_swin (and 20_importance when needed)
@@ -959,44 +1235,6 @@ def run_config(run_dir, # run folder with 00_datasets, 10_finetune_vit_swin (and
         (d/'fairquant_report.txt').write_text(_report_args(cfg, s, dict(tag=row['tag'], unprivileged=unpriv, importance=imp, dataset=ds.name)))
     return summary
 
-# %% ../nbs/30_mixed_precision.ipynb #1eaf25ff
-TEST_NOT_COMPUTED = ("not computed here (test_predictions=False): 50_validation evaluates the saved model on the test split; "
-                     "predictions.csv and the test metrics are its")
-
-def _test_metrics(d:Path, model, ds, cfg, s, test, log)->dict:
-    "Test predictions (predictions.csv) and the metrics of exactly those predictions"
-    test_t, test_ds = test
-    lg, y, g = predict_split(model, test_ds, s.eval_batch_size)
-    if not (np.array_equal(y.numpy(), test_t.label.to_numpy()) and np.array_equal(g.numpy(), test_t.group.to_numpy())):
-        raise RuntimeError("test predictions are not in the test table's order")
-    preds = predictions_table(image_ids=test_t.image_id.tolist(), groups=[ds.groups[i] for i in test_t.group],
-                              labels=test_t.label.to_numpy(), probs=lg.softmax(1).numpy(), classes=ds.classes)
-    m = run_metrics(lg, y, g, ds.classes, ds.groups, pred=table_codes(preds, ds.classes, ds.groups, d/'predictions.csv')[1])
-    save_csv(preds, d/'predictions.csv')
-    log.info('\n' + results_block(f'FINAL RESULTS: {cfg.name}', m, ds.groups, 'test'))
-    return dict(test_predictions=True, n_test=len(test_t), **m)
-
-def _finish_run(d:Path, model, ck, ds, cfg, s, test, log, tag)->dict:
-    "Test predictions and metrics (unless `test` is None), reports and checkpoint of a finished model"
-    if test is None: log.info(f'[final] {cfg.name}: test metrics {TEST_NOT_COMPUTED}'); m = dict(test_predictions=False, test_metrics=TEST_NOT_COMPUTED)
-    else: m = _test_metrics(d, model, ds, cfg, s, test, log)
-    gran = s.granularity if model_bits(model) else 'fp32'
-    table = bit_distribution(model, gran)
-    text, tot = size_report(table, layer_flops(model, ck.data_config['input_size']))
-    save_csv(table, d/'bit_distribution.csv'); (d/'size_report.txt').write_text(text)
-    (d/'bitwidth_percentages.txt').write_text(bitwidth_text(bit_shares(model)))
-    log.info(f"[bit-report] avg_bits={tot['avg_bits']:.3f} size={tot['size_mb']:.4f}MB (weights {tot['weights_mb']:.4f}, scales {tot['scales_mb']:.4f}, "
-             f"bit maps {tot['bitmap_mb']:.4f}) GOPs={tot['gops']:.4f} weight_bit_gops={tot['weight_bit_gops']:.4f}")
-    log.info('[bitwidth %] ' + ' '.join(f'{b}b={p:.2f}%' for b, p in bit_shares(model).params_pct.items()))
-    w, _ = save_quantized_checkpoint(model, d/f'{tag}_{cfg.name}', ds.classes, ds.groups, ck.data_config, gran, cfg.name,
-                                     config_settings=asdict(cfg), settings=asdict(s), base_checkpoint=str(ck.path))
-    return dict(config=cfg.name, tag=tag, mode=cfg.mode, trains=cfg.trains, reference=cfg.reference, fairness_lambda=cfg.fairness_lambda,
-                seed=s.seed, granularity=gran, granularity_units=GRANULARITY_UNITS.get(gran, 'float32 weights, not quantized'),
-                target_avg_bits=s.target_avg_bits if cfg.needs_importance else None,
-                **{k: tot[k] for k in ('avg_bits', 'avg_bits_channels', 'size_mb', 'weights_mb', 'scales_mb', 'bitmap_mb', 'baseline_mb',
-                                       'stored_bits_per_weight', 'gops', 'weight_bit_gops')},
-                checkpoint=w.name, **m, git_commit=git_commit())
-
 # %% ../nbs/30_mixed_precision.ipynb #58e57a60
 def evaluate_finetuned(run_dir, row:dict, ds:GroupDataset=None, batch_size:int=128)->dict:
     "Test metrics of the fine-tuned checkpoint itself (`fp32`, 32 bits): the reference of the configurations that do not train"
@@ -1006,6 +1244,7 @@ def evaluate_finetuned(run_dir, row:dict, ds:GroupDataset=None, batch_size:int=1
     lg, y, g = predict_split(ck.model, tds, batch_size)
     return dict(config='fp32', tag=row['tag'], avg_bits=32.0, trains=False, reference=None, n_test=len(t), **run_metrics(lg, y, g, ds.classes, ds.groups))
 
+# %% ../nbs/30_mixed_precision.ipynb #7b8eb9e7
 RUN_KEYS = ('tag', 'config', 'folder', 'summary')   # a row of 30_mixed_precision/runs.json
 
 def update_runs(run_dir, summary:dict)->Path:
@@ -1017,6 +1256,14 @@ def update_runs(run_dir, summary:dict)->Path:
     idx['runs'] = [r for r in idx['runs'] if (r.get('tag'), r.get('config')) != key] + [row]
     return save_json(idx, f)
 
+# %% ../nbs/30_mixed_precision.ipynb #6f8b84f1
+def _as_list(v, name:str='value')->list|None:
+    "A list parameter: a list, or a string holding a Python list literal or comma-separated names (as a command line gives them)"
+    if v is None or isinstance(v, (list, tuple)): return None if v is None else list(v)
+    if isinstance(v, str): return list(ast.literal_eval(v)) if v.strip().startswith('[') else [x.strip() for x in v.split(',') if x.strip()]
+    raise TypeError(f"{name}={v!r}: expected a list of names")
+
+# %% ../nbs/30_mixed_precision.ipynb #fbb5185c
 def read_runs(run_dir, # a run folder with 30_mixed_precision/runs.json
               configs:Sequence[str]=None, # keep these configurations (None: all); one absent from the file is an error
               tags:Sequence[str]=None)->list: # keep these models (None: all); one absent is an error
@@ -1037,12 +1284,6 @@ def read_runs(run_dir, # a run folder with 30_mixed_precision/runs.json
         unknown = [w for w in (_as_list(want) or []) if w not in have]
         if unknown: raise ValueError(f"{f}: {what}(s) {unknown} not in this file, which has {have}")
     return [r for r in out if (configs is None or r['config'] in _as_list(configs)) and (tags is None or r['tag'] in _as_list(tags))]
-
-def _as_list(v, name:str='value')->list|None:
-    "A list parameter: a list, or a string holding a Python list literal or comma-separated names (as a command line gives them)"
-    if v is None or isinstance(v, (list, tuple)): return None if v is None else list(v)
-    if isinstance(v, str): return list(ast.literal_eval(v)) if v.strip().startswith('[') else [x.strip() for x in v.split(',') if x.strip()]
-    raise TypeError(f"{name}={v!r}: expected a list of names")
 
 # %% ../nbs/30_mixed_precision.ipynb #f6ebbcaa
 def plot_group_acc_vs_bits(runs:Sequence[dict], # summaries with test metrics (run_config / evaluate_finetuned)

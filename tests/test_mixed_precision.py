@@ -69,7 +69,7 @@ def test_reference_of_every_configuration():
         _eq((n, c.reference), (n, 'fp32' if n == 'fp32_ft' or not c.trains else 'fp32_ft'))
     _eq((get_config('fp32_ft').trains, get_config('fp32_ft').mode), (True, 'none'))
     _eq(sorted(n for n in CONFIGS.names if get_config(n).reference == 'fp32_ft'),
-        ['fairgrape', 'fairquantize', 'fq_baq', 'fq_qat', 'fq_qat_blind', 'fq_qat_iter', 'fq_qat_nofair', 'hawq', 'uniform4_qat'])
+        ['fairgrape', 'fairquantize', 'fq_baq', 'fq_minimax_qat', 'fq_qat', 'fq_qat_blind', 'fq_qat_iter', 'fq_qat_nofair', 'hawq', 'uniform4_qat'])
     ft.test_fail(lambda: get_config('fp32'), contains="'fp32' is the fine-tuned checkpoint itself")
 
 def test_nofair_differs_from_fq_qat_only_in_lambda():
