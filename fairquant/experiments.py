@@ -86,7 +86,7 @@ def _stage30(name:str):
 
 register_grid_config('fp32', [], '{tag}-fp32', reference=None)   # the fine-tuned checkpoint itself, validated
 for _n in ['fp32_ft', 'uniform8', 'uniform4', 'uniform4_qat', 'fairgrape', 'fairquantize', 'hawq', 'fq_qat', 'fq_qat_blind',
-           'fq_qat_nofair', 'fq_baq']:
+           'fq_qat_nofair', 'fq_baq', 'fq_minimax', 'fq_minimax_qat', 'hawq_ilp']:
     _q = _stage30(_n)
     register_grid_config(_n, ['30_mixed_precision'], f'{{tag}}-{_n}', metric=_q.metric if _q.needs_importance else None,
                          step='mixed' if _q.needs_importance else 'fixed', budgeted=_q.needs_importance,
@@ -890,6 +890,10 @@ CONTRASTS = [   # (configuration, compared with, what the difference isolates)
     ('fq_qat', 'fq_qat_nofair', 'the fairness term in QAT (same group-aware allocation)'),
     ('fq_qat', 'uniform4_qat', 'importance-guided mixed bits vs uniform 4-bit (same QAT)'),
     ('int8_fair', 'int8_static', 'the fairness-targeted float fallback vs plain static INT8'),
+    ('fq_minimax_qat', 'fq_qat', "the worst group's integer program vs the reduced-map ranking (same QAT, same budget)"),
+    ('fq_minimax_qat', 'fq_qat_blind', "the worst group's integer program vs the group-blind ranking (same QAT, same budget)"),
+    ('fq_minimax_qat', 'uniform4_qat', "the worst group's integer program vs uniform 4-bit (same QAT)"),
+    ('fq_minimax', 'hawq_ilp', "minimising the worst group's predicted loss vs the population's (same integer program, no training)"),
 ]
 VERDICT_COLUMNS = ['kind', 'dataset', 'model', 'budget', 'config', 'versus', 'what', 'n_seeds', 'n_worst', 'bits', 'bits_versus',
                    'worst_group_acc', 'd_worst_group_acc_pp', 'lo', 'hi', 'ci', 'img_lo', 'img_hi', 'mde_pp', 'discordant', 'd_acc_pp',
