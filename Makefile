@@ -66,12 +66,22 @@ docs: $(STAMP)
 export: $(STAMP)
 	$(BIN)/nbdev_export && $(BIN)/nbdev_clean
 
-# Speed of the method against its baseline, one script each (CPU, 2 threads, interleaved, median of repeats);
-# each prints one JSON object as its last line. Run on a quiet machine: timings are ratios measured in one process.
+# Speed of the method against its baseline, one script each (CPU, 2 threads): each runs its pair interleaved for at
+# least 5 rounds (benchmarks/harness.py, the shared timing code: not a benchmark, skipped) and prints one JSON object
+# as its last line, the median under its key with <key>_min/<key>_max beside it. Each such line is appended to
+# benchmarks/results.jsonl (committed: the record readers compare runs with) with the commit (-dirty: uncommitted
+# changes), the core count and the date, by tools/bench_record.py. Run on a quiet machine: timings are ratios measured
+# in one process. Logs in runs/bench/.
 bench: $(STAMP)
 	@mkdir -p runs/bench
-	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f | tee runs/bench/$$(basename $$f .py).log || exit 1; done
-	@echo "results (last line of each):"; for f in runs/bench/*.log; do echo "$$(basename $$f .log): $$(tail -n 1 $$f)"; done
+	@commit=$$($(BIN)/python tools/bench_record.py --state); \
+	for f in benchmarks/*.py; do \
+	  name=$$(basename $$f .py); [ "$$name" = harness ] && continue; \
+	  echo "== $$f"; $(BIN)/python $$f | tee runs/bench/$$name.log || exit 1; \
+	  $(BIN)/python tools/bench_record.py $$name runs/bench/$$name.log --commit $$commit || exit 1; \
+	done
+	@echo "results (last line of each):"; for f in benchmarks/*.py; do n=$$(basename $$f .py); [ "$$n" = harness ] && continue; \
+	  echo "$$n: $$(tail -n 1 runs/bench/$$n.log)"; done
 
 clean-runs:
 	rm -rf runs/

@@ -1,13 +1,19 @@
 """`assign_bits` per parameter for every Conv2d/Linear weight of ResNet-18 (11.2 M weights, random scores), against
-the obvious vectorised alternative (a full stable sort of all units). Prints one JSON object as the last line:
-{"seconds": median seconds of assign_bits, ...}. Run: .venv/bin/python benchmarks/bit_assignment.py"""
-import json, statistics, time
+the obvious vectorised alternative (a full stable sort of all units, `by_sort`), which must give the same bits.
+
+Both run interleaved in this one process with `benchmarks/harness.py` (one warm-up round, then `ROUNDS` rounds, the
+order reversed every other round), 2 torch threads. Prints one JSON object as the last line: `seconds` is the median
+seconds of `assign_bits` over the rounds with `seconds_min`/`seconds_max` beside it, `sort_seconds` the same for the
+sort, and `ratio` = assign_bits / sort within each round (below 1 = assign_bits faster), median with its spread.
+`make bench` appends that line to benchmarks/results.jsonl. Run: .venv/bin/python benchmarks/bit_assignment.py"""
+import json
 import numpy as np, torch, torchvision
 from fairquant.importance import target_layers
 from fairquant.mixed_precision import assign_bits
+from harness import interleaved, round_ratios, spread
 
 torch.set_num_threads(2)
-REPEATS = 5
+ROUNDS = 7
 
 def by_sort(scores, bits=(2, 4, 8), levels=(0.2, 0.4, 0.4)):
     "Baseline: stable argsort of all units, then rank cuts"
@@ -27,13 +33,10 @@ def main():
     n = sum(s.numel() for s in scores.values())
     a, b = assign_bits(scores, 'per_param'), by_sort(scores)
     same = all(torch.equal(a[k], b[k]) for k in a)
-    times = {'assign_bits': [], 'sort': []}
-    for _ in range(REPEATS):
-        for k, fn in (('assign_bits', lambda: assign_bits(scores, 'per_param')), ('sort', lambda: by_sort(scores))):
-            t = time.perf_counter(); fn(); times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    t = interleaved({'assign_bits': lambda: assign_bits(scores, 'per_param'), 'sort': lambda: by_sort(scores)}, rounds=ROUNDS, warmup=1)
     print(json.dumps(dict(benchmark='bit_assignment', model='resnet18', granularity='per_param', units=n, layers=len(scores),
-                          repeats=REPEATS, threads=torch.get_num_threads(), same_as_sort=same,
-                          sort_seconds=round(med['sort'], 4), seconds=round(med['assign_bits'], 4))))
+                          rounds=ROUNDS, threads=torch.get_num_threads(), same_as_sort=same,
+                          **spread('sort_seconds', t['sort']), **spread('ratio', round_ratios(t, 'assign_bits', 'sort'), 3),
+                          **spread('seconds', t['assign_bits']))))
 
 if __name__ == '__main__': main()

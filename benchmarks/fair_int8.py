@@ -2,17 +2,29 @@
 
 ResNet-18 (torchvision) and ViT-S/16 (timm) at 224 px, random weights, exported with `export_onnx` and quantized with
 `quantize_int8` on its defaults (static). On the same N noise images with two groups: the baseline validates the FP32
-and the INT8 model (logits of every image, `run_onnx`, batch 32); the method runs `localise_onnx` (one onnxruntime
-model, `own_error_model`: the FP32 graph plus every quantized layer's INT8 nodes fed that layer's FP32 input alone,
-error and signal energies summed per image inside onnxruntime; SQNR sums per group). Both in this one process,
-2 intra-op threads, interleaved (baseline, method, baseline, method, ...), median of the repeats.
+and the INT8 model (logits of every image, `run_onnx`, batch 32, sessions opened once); the method runs
+`localise_onnx` (one onnxruntime model, `own_error_model`: the FP32 graph plus every quantized layer's INT8 nodes fed
+that layer's FP32 input alone, error and signal energies summed per image inside onnxruntime; SQNR sums per group),
+which builds that model and opens its session on every call. Both in this one process, 2 intra-op threads,
+interleaved round by round with `benchmarks/harness.py` (one warm-up round, then `--rounds` rounds, the order
+reversed every other round); also timed in each round: that per-call setup alone (`own_error_model` + session).
 Also printed (stderr) and in the JSON: how many layers have their output requantization charged to them
 (`out_requant`: those branches run onnxruntime's integer kernels), and the integer / float weight ops in the graph
 onnxruntime runs for the localisation model.
 
-Usage: .venv/bin/python benchmarks/fair_int8.py [--n 500] [--repeats 3] [--models resnet18,vit]
+Sizes: the issue's comparison is on 500 validation images at 224 px. One round of both models (validate both +
+localise) costs about 1.2 s per image on the shared 2-core machine (38 s for 32 images), so the old default, 500
+images and 3 repeats, needed about half an hour there (several times the 300 s limit of the last `make bench`; well
+over it on a quiet machine too). The default is now N = 32 images (one batch), which keeps every step of the
+comparison: about 4 minutes for 5 rounds and the warm-up on the shared machine, less on a quiet one. Both sides scale with N except localise_onnx's per-call setup, which a
+small N charges more heavily: `ratio_<model>` (measured at N) therefore overstates the 500-image ratio, and
+`ratio_<model>_est500` gives that ratio from each round's own timings (setup + 500/N x the rest of localise, over
+500/N x validate).
+
+Usage: .venv/bin/python benchmarks/fair_int8.py [--n 32] [--rounds 5] [--models resnet18,vit]
 The last line of stdout is one JSON object: `ratio_<model>` = localisation time / validation time of both models
-(target from the issue: <= 3 for 500 images), and the seconds of each.
+within a round, median over the rounds with `ratio_<model>_min`/`_max` beside it (target from the issue: <= 3 for
+500 images), and the seconds of each. `make bench` appends that line to benchmarks/results.jsonl.
 """
 import argparse, json, platform, sys, tempfile, time
 from pathlib import Path
@@ -23,11 +35,12 @@ import torch
 THREADS = 2
 torch.set_num_threads(THREADS)
 
-from fairquant.onnx_int8 import export_onnx, quantize_int8, onnx_session, run_onnx, CalibReader
-from fairquant.fair_int8 import localise_onnx, quantized_layers, own_error_model, optimized_ops
-from fairquant.onnx_int8 import load_onnx
+from fairquant.onnx_int8 import export_onnx, quantize_int8, onnx_session, run_onnx, CalibReader, load_onnx
+from fairquant.fair_int8 import localise_onnx, own_error_model, optimized_ops, session
+from harness import interleaved, round_ratios, spread
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+N_TARGET = 500   # the issue's validation set
 
 
 def build(name):
@@ -50,8 +63,8 @@ def images(n, seed):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--n', type=int, default=500, help='images (the issue: 500 validation images)')
-    p.add_argument('--repeats', type=int, default=3, help='timed runs of each (median kept)')
+    p.add_argument('--n', type=int, default=32, help=f'images (the issue: {N_TARGET}; see the docstring)')
+    p.add_argument('--rounds', type=int, default=5, help='interleaved rounds (at least 5 for the spread)')
     p.add_argument('--models', default='resnet18,vit', help='comma-separated: resnet18, vit')
     a = p.parse_args()
     t_start = time.time()
@@ -60,7 +73,7 @@ def main():
     classes, groups = [f'c{i}' for i in range(10)], ['g0', 'g1']
     x = images(a.n, 1)
     codes = (np.arange(a.n) % 5 == 0).astype(int)      # 20 % in group g1
-    res = dict(threads=THREADS, n=a.n, repeats=a.repeats, onnxruntime=__import__('onnxruntime').__version__,
+    res = dict(benchmark='fair_int8', threads=THREADS, n=a.n, rounds=a.rounds, onnxruntime=__import__('onnxruntime').__version__,
                cpu=platform.processor() or platform.machine())
     for name in a.models.split(','):
         m, dc = build(name)
@@ -76,17 +89,22 @@ def main():
         float_ops = {k: v for k, v in ops.items() if k in ('Conv', 'FusedConv', 'Gemm', 'MatMul', 'FusedMatMul', 'FusedGemm')}
         print(f'{name}: layers with their own output requantization {requant}; localisation graph runs {int_ops} integer and {float_ops} float ops', file=sys.stderr)
         for r in P['layers'].itertuples(): print(f'  {"requant" if r.out_requant else "       "} {r.layer}', file=sys.stderr)
-        base, meth = [], []
-        for r in range(a.repeats):
-            t = time.perf_counter(); run_onnx(sf, x, 32); run_onnx(sq, x, 32); base.append(time.perf_counter() - t)
-            t = time.perf_counter(); tab = localise_onnx(f_m, q_m, x, codes, groups, 32, THREADS, progress=False); meth.append(time.perf_counter() - t)
-            print(f'{name} repeat {r}: validate both {base[-1]:.1f}s, localise {meth[-1]:.1f}s', file=sys.stderr, flush=True)
-        res[f'{name}_layers'] = int(tab.layer.nunique())
+        del P
+        out = {}
+        def localise(): out['table'] = localise_onnx(f_m, q_m, x, codes, groups, 32, THREADS, progress=False)
+        t = interleaved({'validate': lambda: (run_onnx(sf, x, 32), run_onnx(sq, x, 32)), 'localise': localise,
+                         'setup': lambda: session(own_error_model(q_m, f_m)['model'], THREADS)}, a.rounds, warmup=1)
+        print(f'{name}: validate both {np.round(t["validate"], 1)} s, localise {np.round(t["localise"], 1)} s, '
+              f'setup {np.round(t["setup"], 1)} s', file=sys.stderr, flush=True)
+        k = N_TARGET / a.n
+        est = [(s + k*(l - s)) / (k*v) for v, l, s in zip(t['validate'], t['localise'], t['setup'])]
+        res[f'{name}_layers'] = int(out['table'].layer.nunique())
         res[f'{name}_out_requant'] = requant
         res[f'{name}_localisation_ops'] = dict(integer=int_ops, float=float_ops)
-        res[f'{name}_validate_both_s'] = round(float(np.median(base)), 3)
-        res[f'{name}_localise_s'] = round(float(np.median(meth)), 3)
-        res[f'ratio_{name}'] = round(float(np.median(meth) / np.median(base)), 3)
+        res.update(spread(f'{name}_validate_both_s', t['validate'], 3), **spread(f'{name}_localise_s', t['localise'], 3),
+                   **spread(f'{name}_setup_s', t['setup'], 3), **spread(f'ratio_{name}_est{N_TARGET}', est, 3),
+                   **spread(f'ratio_{name}', round_ratios(t, 'localise', 'validate'), 3))
+        del sf, sq
     res['seconds'] = round(time.time() - t_start, 1)
     tmp.cleanup()
     print(json.dumps(res))

@@ -1,16 +1,26 @@
 """INT8 vs FP32 speed of FairQuant's default onnxruntime recipes on the CPU (fairquant.onnx_int8).
 
 ResNet-18 (torchvision) and ViT-S/16 (timm) at 224 px, random weights, exported with `export_onnx` and quantized with
-`quantize_int8` on its defaults (static for both, dynamic for the ViT; plus the static ViT without the bias fold, to
-show what the graph edit is worth). FP32 and INT8 sessions run in this one process, 2 intra-op threads, interleaved
-(each repeat runs every session once, in turn), median of the repeats, at batch 32 and batch 1.
+`quantize_int8` on its defaults (static for both, dynamic for the ViT), plus two variants that show what a recipe
+detail is worth: the static ViT without the bias fold (`vit_static_nofold`, fold_bias=False) and the dynamic ViT whose
+patch-embedding convolution runs as onnxruntime's `ConvInteger` (`vit_dynamic_convinteger`, conv_weight_only=False:
+the dynamic recipe before issue 20; the default stores that convolution's weights in int8 and computes it in float).
 
-Usage: .venv/bin/python benchmarks/int8_speed.py [--repeats 5] [--repeats1 20] [--out DIR]
-The last line of stdout is one JSON object: ratios are FP32 time / INT8 time (above 1 = INT8 faster), at batch 32
-unless the key says `_b1`; `size_ratio` is the largest INT8/FP32 file-size ratio. Targets (2-core AVX512-VNNI Xeon):
-resnet18_static >= 2.5, vit_static >= 1.9, vit_dynamic >= 1.9, size_ratio <= 0.26.
+Timing: the sessions of one model run in this one process (2 intra-op threads, `onnx_session`), interleaved round by
+round with `benchmarks/harness.py` (every session once per round, the order reversed every other round, one warm-up
+round): `--rounds` rounds at batch 32 and `--rounds1` rounds at batch 1 (each the best of 3 calls). A ratio is FP32
+time / INT8 time within one round (above 1 = INT8 faster); the JSON gives its median over the rounds under the key
+(`vit_dynamic`) with the spread beside it (`vit_dynamic_min`, `vit_dynamic_max`). Batch 1 keys end in `_b1`.
+Accuracy beside speed: `top1_agree` and `rel_logit_err` (max |INT8 − FP32| / max |FP32| logit) of each INT8 model
+against its FP32 export on the 32 timing images (noise images: the agreement of random-weight models, not accuracy).
+
+Usage: .venv/bin/python benchmarks/int8_speed.py [--rounds 7] [--rounds1 10] [--out DIR]
+The last line of stdout is one JSON object; `size_ratio` is the largest INT8/FP32 file-size ratio.
+Targets (2-core AVX512-VNNI Xeon, judged on the medians): resnet18_static >= 2.5, vit_static >= 1.9,
+vit_dynamic >= 2.0, size_ratio <= 0.26. `make bench` appends that line to benchmarks/results.jsonl.
 """
-import argparse, json, os, platform, sys, tempfile, time, warnings
+import argparse, json, platform, sys, tempfile, time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +29,16 @@ import torch
 THREADS = 2
 torch.set_num_threads(THREADS)
 
-from fairquant.onnx_int8 import (export_onnx, preprocess_onnx, quantize_int8, onnx_session, run_onnx, time_sessions,
-                                 CalibReader, optimized_graph, float_weight_ops)
+from fairquant.onnx_int8 import (export_onnx, preprocess_onnx, quantize_int8, onnx_session, run_onnx, CalibReader,
+                                 optimized_graph, float_weight_ops)
+from harness import interleaved, round_ratios, spread
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+TARGETS = dict(resnet18_static=('>=', 2.5), vit_static=('>=', 1.9), vit_dynamic=('>=', 2.0), size_ratio=('<=', 0.26))
+# (name, mode, quantize_int8 options) per model; the first of each model is its default recipe
+RECIPES = dict(resnet18=[('static', 'static', {})],
+               vit=[('static', 'static', {}), ('dynamic', 'dynamic', {}), ('static_nofold', 'static', dict(fold_bias=False)),
+                    ('dynamic_convinteger', 'dynamic', dict(conv_weight_only=False))])
 
 
 def build(name):
@@ -45,8 +61,8 @@ def images(n, seed):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--repeats', type=int, default=5, help='timed runs per session at batch 32 (median kept)')
-    p.add_argument('--repeats1', type=int, default=20, help='timed runs per session at batch 1')
+    p.add_argument('--rounds', type=int, default=7, help='interleaved rounds at batch 32 (at least 5 for the spread)')
+    p.add_argument('--rounds1', type=int, default=10, help='interleaved rounds at batch 1 (best of 3 calls each)')
     p.add_argument('--calib', type=int, default=8, help='calibration images (random, normalised)')
     p.add_argument('--out', default=None, help='keep the ONNX files here (default: a temp folder, removed)')
     a = p.parse_args()
@@ -56,48 +72,52 @@ def main():
     classes, groups = [f'c{i}' for i in range(1000)], ['all']
     calib = CalibReader([images(8, s) for s in range(max(1, a.calib // 8))])
     files, recipes = {}, {}
-    for name in ['resnet18', 'vit']:
+    for name, variants in RECIPES.items():
         m, dc = build(name)
         fp = export_onnx(m, d/f'{name}-fp32.onnx', classes, groups, dc, 'random-weights', '0'*64)
         files[f'{name}_fp32'] = fp
         del m
         pre = preprocess_onnx(fp, d/f'{name}-pre.onnx')   # once per model: (path, how)
-        modes = [('static', {})] + ([('dynamic', {}), ('static_nofold', dict(fold_bias=False))] if name == 'vit' else [])
-        for mode, opts in modes:
-            f = d/f'{name}-int8-{mode}.onnx'
+        for v, mode, opts in variants:
+            f = d/f'{name}-int8-{v}.onnx'
             t = time.time()
-            recipes[f'{name}_{mode}'] = quantize_int8(fp, f, mode.split('_')[0], calib if mode.startswith('static') else None, pre, **opts)
-            files[f'{name}_{mode}'] = f
-            print(f'{name} {mode}: quantized in {time.time() - t:.1f}s', file=sys.stderr, flush=True)
-    res = dict(threads=THREADS, onnxruntime=__import__('onnxruntime').__version__, torch=torch.__version__,
+            recipes[f'{name}_{v}'] = quantize_int8(fp, f, mode, calib if mode == 'static' else None, pre, **opts)
+            files[f'{name}_{v}'] = f
+            print(f'{name} {v}: quantized in {time.time() - t:.1f}s', file=sys.stderr, flush=True)
+    res = dict(benchmark='int8_speed', threads=THREADS, rounds=a.rounds, rounds_b1=a.rounds1,
+               onnxruntime=__import__('onnxruntime').__version__, torch=torch.__version__,
                cpu=platform.processor() or platform.machine(), models=dict(resnet18='torchvision resnet18, 224 px',
                vit='timm vit_small_patch16_224 (ViT-S/16), 224 px'))
     sizes = {k: f.stat().st_size for k, f in files.items()}
-    res['size_ratio'] = round(max(sizes[k] / sizes[f"{k.split('_')[0]}_fp32"] for k in sizes if not k.endswith('fp32')), 4)
-    res['size_ratios'] = {k: round(v / sizes[f"{k.split('_')[0]}_fp32"], 4) for k, v in sizes.items() if not k.endswith('fp32')}
-    res['float_weight_ops_left'] = {k: len(float_weight_ops(optimized_graph(f))) for k, f in files.items() if not k.endswith('fp32')}
+    int8 = [k for k in files if not k.endswith('fp32')]
+    res['size_ratios'] = {k: round(sizes[k] / sizes[f"{k.split('_')[0]}_fp32"], 4) for k in int8}
+    res['size_ratio'] = max(res['size_ratios'].values())
+    opt = {k: optimized_graph(files[k]) for k in int8}   # the graphs onnxruntime runs
+    res['float_weight_ops_left'] = {k: len(float_weight_ops(g)) for k, g in opt.items()}
+    res['conv_integer_ops'] = {k: Counter(n.op_type for n in g.graph.node).get('ConvInteger', 0) for k, g in opt.items()}
+    del opt
     res['bias_folded'] = {k: r.get('bias_folded', 0) for k, r in recipes.items()}
+    res['weight_only_convs'] = {k: r.get('weight_only_convs', 0) for k, r in recipes.items()}
     x32, x1 = images(32, 100), images(1, 101)
-    for name in ['resnet18', 'vit']:
+    for name in RECIPES:
         keys = [k for k in files if k.startswith(name + '_')]
         sess = {k: onnx_session(files[k], THREADS) for k in keys}
+        feed = {k: s.get_inputs()[0].name for k, s in sess.items()}
         ref = run_onnx(sess[f'{name}_fp32'], x32, 32)
         for k in keys:
             if k.endswith('fp32'): continue
             y = run_onnx(sess[k], x32, 32)
             res.setdefault('top1_agree', {})[k] = float((y.argmax(1) == ref.argmax(1)).mean())
             res.setdefault('rel_logit_err', {})[k] = round(float(np.abs(y - ref).max() / np.abs(ref).max()), 4)
-        t32 = time_sessions(sess, x32, a.repeats, warmup=1)
-        t1 = time_sessions(sess, x1, a.repeats1, warmup=3)
-        for k in keys:
-            res.setdefault('ms_b32', {})[k] = round(1000 * t32[k], 1); res.setdefault('ms_b1', {})[k] = round(1000 * t1[k], 2)
-            if k.endswith('fp32'): continue
-            res[k] = round(t32[f'{name}_fp32'] / t32[k], 3)
-            res[f'{k}_b1'] = round(t1[f'{name}_fp32'] / t1[k], 3)
-        print(f'{name}: ' + ', '.join(f'{k} {1000*t32[k]:.0f} ms' for k in keys), file=sys.stderr, flush=True)
-    res['targets'] = dict(resnet18_static=2.5, vit_static=1.9, vit_dynamic=1.9, size_ratio=0.26)
-    res['meets_targets'] = bool(res['resnet18_static'] >= 2.5 and res['vit_static'] >= 1.9 and res['vit_dynamic'] >= 1.9
-                                and res['size_ratio'] <= 0.26)
+        for x, rounds, repeat, suffix in ((x32, a.rounds, 1, ''), (x1, a.rounds1, 3, '_b1')):
+            t = interleaved({k: (lambda s=s, k=k: s.run(None, {feed[k]: x})) for k, s in sess.items()}, rounds, warmup=1, repeat=repeat)
+            for k in keys:
+                res.setdefault(f'ms{suffix or "_b32"}', {})[k] = round(1000 * float(np.median(t[k])), 2)
+                if not k.endswith('fp32'): res.update(spread(f'{k}{suffix}', round_ratios(t, f'{name}_fp32', k), 3))
+        print(f'{name}: ' + ', '.join(f'{k} {v:.0f} ms' for k, v in res['ms_b32'].items() if k.startswith(name)), file=sys.stderr, flush=True)
+        del sess
+    res['targets'] = {k: v for k, (op, v) in TARGETS.items()}   # size_ratio: at most; the speed ratios: at least
+    res['meets_targets'] = all(res[k] >= v if op == '>=' else res[k] <= v for k, (op, v) in TARGETS.items())
     res['seconds'] = round(time.time() - t_start, 1)
     tmp.cleanup()
     print(json.dumps(res))

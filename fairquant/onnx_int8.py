@@ -17,10 +17,10 @@ from onnx import helper, numpy_helper
 import onnxruntime as ort
 from onnxruntime.quantization import (quantize_static, quantize_dynamic, quant_pre_process, QuantFormat, QuantType,
                                       CalibrationMethod)
-from onnxruntime.quantization.registry import QLinearOpsRegistry, QDQRegistry
+from onnxruntime.quantization.registry import QLinearOpsRegistry, QDQRegistry, IntegerOpsRegistry
 from tqdm.auto import tqdm
 
-from .core import (scratch_dir, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, read_csv, save_figure,
+from .core import (scratch_dir, Registry, file_slug, atomic_path, atomic_dir, save_json, load_json, save_csv, read_csv, save_figure,
                             stage_dir, require_stage, git_commit, file_sha256)
 from .datasets import GroupDataset, build_transform, read_image, open_stage_dataset
 from .finetune import load_checkpoint
@@ -34,9 +34,9 @@ __all__ = ['ONNX_FORMAT', 'META_KEYS', 'PRECISIONS', 'INPUT_NAME', 'OUTPUT_NAME'
            'select_calibration', 'is_calibration_folder', 'check_calibration_dest', 'extract_calibration',
            'read_calibration', 'calibration_mix', 'CalibReader', 'calibration_batches', 'activation_matmuls',
            'model_kind', 'SlowQuantWarning', 'ort_extra_options', 'check_quant_options', 'quant_recipe',
-           'fold_matmul_bias', 'quiet_ort', 'preprocess_onnx', 'ort_kwargs', 'quantize_int8', 'optimized_graph',
-           'float_weight_ops', 'fold_weights', 'load_session', 'weight_count', 'onnx_avg_bits', 'run_name',
-           'convert_checkpoint', 'write_models_index', 'time_sessions', 'split_images', 'compare_models',
+           'fold_matmul_bias', 'weight_only_convs', 'quiet_ort', 'preprocess_onnx', 'ort_kwargs', 'quantize_int8',
+           'optimized_graph', 'float_weight_ops', 'fold_weights', 'load_session', 'weight_count', 'onnx_avg_bits',
+           'run_name', 'convert_checkpoint', 'write_models_index', 'time_sessions', 'split_images', 'compare_models',
            'run_onnx_stage']
 
 # %% ../nbs/40_onnx_int8.ipynb #cd8fd71f
@@ -240,8 +240,6 @@ def select_calibration(ds:GroupDataset, # the dataset
 # %% ../nbs/40_onnx_int8.ipynb #c284f966
 MANIFEST_COLUMNS = ('file', 'image_id', 'label', 'group')
 
-def _slug(s)->str: return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(s)).strip('_') or 'image'
-
 def _src(ds:GroupDataset, p)->Path: return Path(p) if os.path.isabs(str(p)) else Path(ds.root)/str(p)
 
 SELECTION_KEYS = ('strategy', 'split', 'n', 'seed', 'dataset')
@@ -269,12 +267,12 @@ def check_calibration_dest(ds:GroupDataset, root, dest)->None:
 def extract_calibration(ds:GroupDataset, root, # the dataset and the calibration root (images go to root/<dataset>/)
                         n:int=200, strategy:str='balanced', split:str='val', seed:int=0)->Path: # see `select_calibration`
     "Copy `n` calibration images of `ds` into root/<dataset name>/ with a manifest; returns that folder (only a folder it made itself is ever replaced)"
-    dest, rows = Path(root)/_slug(ds.name), []
+    dest, rows = Path(root)/file_slug(ds.name, 'image'), []
     check_calibration_dest(ds, root, dest)
     sel = select_calibration(ds, n, strategy, split, seed)
     with atomic_dir(dest, replace=True) as tmp:
         for i, r in enumerate(sel.itertuples()):
-            src = _src(ds, r.path); f = f"{i:04d}_{_slug(r.image_id)}{src.suffix.lower()}"
+            src = _src(ds, r.path); f = f"{i:04d}_{file_slug(r.image_id, 'image')}{src.suffix.lower()}"
             shutil.copyfile(src, tmp/f)
             rows.append(dict(file=f, image_id=r.image_id, label=ds.classes[r.label], group=ds.groups[r.group], split=r.split))
         save_csv(pd.DataFrame(rows), tmp/'manifest.csv')
@@ -358,6 +356,8 @@ QUANT_OPTIONS = dict(
     nodes_to_exclude=(),         # node names never to quantize (of the pre-processed graph)
     reduce_range=False,          # 7-bit weights (for old CPUs without VNNI)
     fold_bias=True,              # static transformer: fold bias Adds into MatMulIntegerToFloat
+    conv_weight_only=None,       # dynamic only: Convs store int8 weights (symmetric) but compute in float (DequantizeLinear → Conv),
+                                 # as onnxruntime's ConvInteger runs ~6× slower than a float Conv; None: for transformers only
     extra_options=None)          # passed to onnxruntime (merged over the recipe's)
 _CHOICES = dict(quant_format=('QDQ', 'QOperator'), calibrate_method=('MinMax', 'Entropy', 'Percentile'),
                 activation_type=('QUInt8', 'QInt8'), weight_type=('QInt8', 'QUInt8'))
@@ -375,9 +375,9 @@ def _warn_slow(r:dict, kind:str):
               + "; use 'QUInt8' (the default)")
     if static and r['activation_type'] == 'QUInt8' and r['weight_type'] == 'QUInt8':
         _slow("weight_type='QUInt8' with uint8 activations (U8U8) runs at ~0.83× FP32 on x86; use weight_type='QInt8' (the default)")
-    if r['mode'] == 'dynamic' and kind == 'cnn' and 'Conv' in r['op_types']:
+    if r['mode'] == 'dynamic' and kind == 'cnn' and 'Conv' in r['op_types'] and not r['conv_weight_only']:
         _slow("dynamic INT8 of a CNN: onnxruntime runs ConvInteger with run-time activation quantization at ~0.15× FP32 on x86; "
-              "use static quantization for CNNs")
+              "use static quantization for CNNs (or conv_weight_only=True: int8 weights, float compute)")
     if kind == 'transformer' and (r['op_types'] == 'all' or set(r['op_types']) - set(TRANSFORMER_OPS)):
         _slow(f"quantizing op types {r['op_types']} of a transformer: ~1.4× at best and ~10× larger logit error than "
               f"quantizing only {TRANSFORMER_OPS} (op_types=None)")
@@ -401,6 +401,8 @@ def check_quant_options(options:dict, where:str='options')->dict:
     if bad: raise ValueError(f"{where}: unknown quantization option(s) {bad}; known: {sorted(QUANT_OPTIONS)}")
     for k, ok in _CHOICES.items():
         if k in options and options[k] not in ok: raise ValueError(f"{where}: {k}={options[k]!r}: expected one of {ok}")
+    if options.get('conv_weight_only') not in (None, True, False):
+        raise ValueError(f"{where}: conv_weight_only={options['conv_weight_only']!r}: expected None (by model kind), True or False")
     extra = options.get('extra_options') or {}
     if not isinstance(extra, dict): raise ValueError(f"{where}: extra_options must be a mapping of onnxruntime option names, got {extra!r}")
     if unknown := sorted(set(extra) - ort_extra_options()):
@@ -429,6 +431,9 @@ def quant_recipe(model:onnx.ModelProto, # the pre-processed FP32 graph
              fold_bias=bool(r['fold_bias'] and mode == 'static' and kind == 'transformer' and r['quant_format'] == 'QDQ'))
     if mode == 'dynamic':
         for k in ('calibrate_method', 'activation_type'): r.pop(k)
+        has_conv = ops == 'all' or 'Conv' in ops
+        r['conv_weight_only'] = bool(has_conv and (kind == 'transformer' if r['conv_weight_only'] is None else r['conv_weight_only']))
+    else: r.pop('conv_weight_only')
     _warn_slow(r, kind)
     return r
 
@@ -466,6 +471,41 @@ def fold_matmul_bias(model:onnx.ModelProto)->int:
     del g.node[:]; g.node.extend(nodes)
     if not any(o.domain == 'com.microsoft' for o in model.opset_import): model.opset_import.append(helper.make_opsetid('com.microsoft', 1))
     return len(new)
+
+# %% ../nbs/40_onnx_int8.ipynb #718e48fe
+def weight_only_convs(model:onnx.ModelProto, # changed in place
+                      per_channel:bool=True, # one scale per output channel (else one per tensor)
+                      skip:Sequence[str]=())->int: # Conv node names to leave as they are
+    "Store every float Conv weight (an initializer) as symmetric int8 with a DequantizeLinear in front; returns how many weights"
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    users = {}
+    for n in g.node:
+        for i in n.input: users.setdefault(i, []).append(n)
+    graph_inputs, skip = {i.name for i in g.input}, set(skip)
+    done, nodes = 0, []
+    for n in g.node:
+        w = inits.get(n.input[1]) if n.op_type == 'Conv' and len(n.input) > 1 else None
+        if (w is None or w.data_type != onnx.TensorProto.FLOAT or w.name in graph_inputs
+                or any(u.op_type != 'Conv' or u.name in skip for u in users[w.name])):
+            nodes.append(n); continue
+        a = numpy_helper.to_array(w)
+        amax = np.abs(a).reshape(len(a), -1).max(1) if per_channel else np.abs(a).max()[None]
+        scale = np.where(amax > 0, amax/127, 1).astype(np.float32)
+        q = np.clip(np.round(a/scale.reshape(-1, *[1]*(a.ndim - 1))), -127, 127).astype(np.int8)
+        name = w.name
+        g.initializer.remove(w)
+        g.initializer.extend([numpy_helper.from_array(q, f'{name}_quantized'), numpy_helper.from_array(scale if per_channel else scale[0], f'{name}_scale'),
+                              numpy_helper.from_array(np.zeros(len(scale), np.int8) if per_channel else np.int8(0), f'{name}_zero_point')])
+        nodes.append(helper.make_node('DequantizeLinear', [f'{name}_quantized', f'{name}_scale', f'{name}_zero_point'], [f'{name}_dequantized'],
+                                      name=f'{name}_DequantizeLinear', **(dict(axis=0) if per_channel else {})))
+        for u in users[name]:
+            for k, i in enumerate(u.input):
+                if i == name: u.input[k] = f'{name}_dequantized'
+        nodes.append(n); done += 1
+        inits.pop(name)
+    del g.node[:]; g.node.extend(nodes)
+    return done
 
 # %% ../nbs/40_onnx_int8.ipynb #e1bf886f
 class _Peeked:
@@ -509,8 +549,11 @@ def preprocess_onnx(fp32_path, out_path)->tuple:
 
 def ort_kwargs(r:dict)->dict: # a recipe from `quant_recipe`
     "The keyword arguments of onnxruntime's `quantize_static` / `quantize_dynamic` for recipe `r`"
+    ops = None if r['op_types'] == 'all' else list(r['op_types'])
+    if r.get('conv_weight_only'):   # dynamic: onnxruntime leaves the Convs in float, `weight_only_convs` stores their weights in int8
+        ops = [o for o in (ops or sorted(IntegerOpsRegistry)) if o != 'Conv']
     kw = dict(per_channel=r['per_channel'], reduce_range=r['reduce_range'], weight_type=getattr(QuantType, r['weight_type']),
-              op_types_to_quantize=None if r['op_types'] == 'all' else list(r['op_types']),
+              op_types_to_quantize=ops,
               nodes_to_exclude=list(r['nodes_to_exclude']), extra_options=dict(r['extra_options']))
     if r['mode'] == 'static':
         kw.update(quant_format=getattr(QuantFormat, r['quant_format']), activation_type=getattr(QuantType, r['activation_type']),
@@ -542,6 +585,7 @@ def quantize_int8(fp32_path, # an FP32 ONNX file made by `export_onnx`
             else: quantize_dynamic(str(pre), str(q), **ort_kwargs(r))
         m = onnx.load(str(q))
         r['bias_folded'] = fold_matmul_bias(m) if r['fold_bias'] else 0
+        if mode == 'dynamic': r['weight_only_convs'] = weight_only_convs(m, r['per_channel'], r['nodes_to_exclude']) if r['conv_weight_only'] else 0
         meta.update(precision=f'int8-{mode}', quantization=json.dumps(r))
         with atomic_path(out_path) as tmp: onnx.save(set_onnx_meta(m, meta), str(tmp))
     return r

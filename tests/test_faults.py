@@ -238,14 +238,20 @@ def test_qat_killed_then_restarted_identical(tmp_path, run):
     assert _qat_outputs(final) == want and _temps(final.parent) == []
 
 # ----------------------------------------------------------------------------------------------------------- validation
-def test_validation_killed_then_resumed_identical(tmp_path, run, ds):
-    "validate with chunks, killed after chunk 2 and at a random moment: no CSV while unfinished; resumes; CSV byte-identical"
+def _killed_validation(tmp_path, run, ds, kill_after_chunk:int)->tuple:
+    "(checkpoint, reference CSV of an uninterrupted validation, CSV path of one killed after `kill_after_chunk` chunks)"
     from fairquant.validation import validate
     ck = run/'10_finetune_vit_swin'/'resnet18'/'resnet18_synthetic.safetensors'
     ref, out = tmp_path/'ref'/'v.csv', tmp_path/'k'/'v.csv'
     validate(ck, ds, 'test', ref, batch_size=8, chunk_batches=2, progress=False)
-    code, log = _child('validate', run=str(run), ck=str(ck), out=str(out), kill_after_chunk=2)
+    code, log = _child('validate', run=str(run), ck=str(ck), out=str(out), kill_after_chunk=kill_after_chunk)
     assert code == KILLED and not out.exists(), log[-2000:]
+    return ck, ref, out
+
+def test_validation_killed_then_resumed_identical(tmp_path, run, ds):
+    "validate with chunks, killed after chunk 2 and at a random moment: no CSV while unfinished; resumes; CSV byte-identical"
+    from fairquant.validation import validate
+    ck, ref, out = _killed_validation(tmp_path, run, ds, 2)
     assert sorted(p.name for p in (out.parent/'v.partial').iterdir()) == ['chunk_00000.npy', 'chunk_00001.npy', 'key.json']
     code, log = _child('validate', random.Random(4).uniform(0.0, 0.5), run=str(run), ck=str(ck), out=str(out))
     assert code in (KILLED, 0) and (code == 0 or not out.exists()), log[-2000:]
@@ -255,11 +261,7 @@ def test_validation_killed_then_resumed_identical(tmp_path, run, ds):
 def test_validation_truncated_chunk_computed_again(tmp_path, run, ds):
     "Issue 21 item 11: resume chunks cut short (rows lost, or empty) after a kill are never read as fewer rows: each is computed again with a warning naming it; the CSV is byte-identical"
     from fairquant.validation import validate
-    ck = run/'10_finetune_vit_swin'/'resnet18'/'resnet18_synthetic.safetensors'
-    ref, out = tmp_path/'ref'/'v.csv', tmp_path/'k'/'v.csv'
-    validate(ck, ds, 'test', ref, batch_size=8, chunk_batches=2, progress=False)
-    code, log = _child('validate', run=str(run), ck=str(ck), out=str(out), kill_after_chunk=3)
-    assert code == KILLED and not out.exists(), log[-2000:]
+    ck, ref, out = _killed_validation(tmp_path, run, ds, 3)
     part = out.parent/'v.partial'
     cut, empty = part/'chunk_00001.npy', part/'chunk_00002.npy'
     cut.write_bytes(cut.read_bytes()[:200]); empty.write_bytes(b'')          # its header whole and its rows cut short; nothing at all

@@ -66,6 +66,31 @@ def test_avg_bits_counts_float_weights_at_32(stage, tmp_path):
     with pytest.raises(ValueError, match='integer weights but its checkpoint has only 10 Conv2d/Linear weights'): onnx_avg_bits(f, 10)
 
 
+def test_dynamic_transformer_convs_weight_only(stage):
+    "The dynamic Swin keeps its patch convolution's weights in int8 but runs it as a float Conv, not as ConvInteger (~8x slower on x86)"
+    import onnx
+    from collections import Counter
+    from fairquant.onnx_int8 import optimized_graph, float_weight_ops
+    out, _, x = stage
+    f, fp = out/'swin_mini'/'swin_mini-int8-dynamic.onnx', out/'swin_mini'/'swin_mini-fp32.onnx'
+    n_conv = sum(n.op_type == 'Conv' for n in onnx.load(str(fp)).graph.node)
+    q = read_onnx_meta(f)['quantization']
+    assert n_conv >= 1 and (q['conv_weight_only'], q['weight_only_convs']) == (True, n_conv)
+    g = onnx.load(str(f))
+    inits = {i.name: i for i in g.graph.initializer}
+    prod = {o: n for n in g.graph.node for o in n.output}
+    convs = [n for n in g.graph.node if n.op_type == 'Conv']
+    assert len(convs) == n_conv and not any(n.op_type == 'ConvInteger' for n in g.graph.node)
+    for c in convs:   # weight = DequantizeLinear(int8 initializer, per-output-channel scale)
+        dq = prod[c.input[1]]
+        assert dq.op_type == 'DequantizeLinear' and inits[dq.input[0]].data_type == onnx.TensorProto.INT8
+        assert list(inits[dq.input[1]].dims) == [inits[dq.input[0]].dims[0]]
+    opt = optimized_graph(f)
+    assert Counter(n.op_type for n in opt.graph.node).get('ConvInteger', 0) == 0 and float_weight_ops(opt) == []
+    y, ref = run_onnx(onnx_session(f, 1), x.numpy()), run_onnx(onnx_session(fp, 1), x.numpy())
+    assert np.abs(y - ref).max() <= 0.1*np.abs(ref).max()
+
+
 def _project_imports(mod:str)->tuple:
     "(fairquant modules imported at the top of `fairquant/<mod>.py`, fairquant modules imported inside its functions), from its source"
     tree = ast.parse((Path(fairquant.__file__).parent/f'{mod}.py').read_text())
