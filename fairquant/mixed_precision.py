@@ -22,7 +22,7 @@ from safetensors.torch import save_file, load_file
 from scipy import sparse
 from scipy.optimize import milp, linprog, LinearConstraint, Bounds
 
-from .core import (scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, require_stage,
+from .core import (scratch_dir, write_safetensors, Registry, atomic_path, atomic_dir, save_json, load_json, save_csv, save_figure, stage_dir, require_stage, resolve_device,
                             set_seed, git_commit, predictions_table, file_sha256)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, build_model, split_data, checkpoint_paths
@@ -664,8 +664,10 @@ def _opt_groups(model:nn.Module, bit_params:Sequence, lr:float, bit_lr:float, wd
 @torch.no_grad()
 def predict_split(model:nn.Module, dataset, batch_size:int=128)->tuple:
     "(logits, labels, groups) over a dataset of (image, label, group), in order, in eval mode"
-    was = model.training; model.eval(); out = []
-    for x, y, g in DataLoader(dataset, batch_size=batch_size): out.append((model(x).float(), y, g))
+    was, dev = model.training, next(model.parameters()).device; model.eval(); out = []
+    with torch.no_grad():   # float32 wherever the model is: these predictions are reported
+        for x, y, g in DataLoader(dataset, batch_size=batch_size, pin_memory=dev.type == 'cuda'):
+            out.append((model(x.to(dev, non_blocking=True)).float().cpu(), y, g))
     model.train(was)
     if not out: raise ValueError("predict_split: the split has no images")
     return tuple(torch.cat(t) for t in zip(*out))
@@ -678,7 +680,8 @@ def train_epochs(model:nn.Module, # changed in place
                  bit_params:Sequence=(), bit_lr:float=1e-2, lambda_b:float=0.0, # learned bits (BAQ)
                  after_epoch:Callable=None, # called with (epoch, mean train loss) after each epoch
                  progress:bool=True, desc:str='',
-                 max_steps:int=None)->list: # stop after this many optimiser steps (None: every batch of every epoch)
+                 max_steps:int=None, # stop after this many optimiser steps (None: every batch of every epoch)
+                 workers:int=0)->list: # DataLoader worker processes
     "Train with AdamW, clipping and the fairness term; returns the mean training loss of each epoch (a loss that is NaN or inf stops it with an error)"
     if len(train) == 0: raise ValueError("train_epochs: the train split has no images")
     if max_steps is not None and max_steps < 1: raise ValueError(f"train_epochs: max_steps={max_steps}; expected at least 1 (or None)")
@@ -687,12 +690,16 @@ def train_epochs(model:nn.Module, # changed in place
     opt = torch.optim.AdamW(_opt_groups(model, bit_params, lr, bit_lr, weight_decay))
     params = [p for g in opt.param_groups for p in g['params']]
     qs = [q for m in model.modules() if isinstance(q := quantizer(m), LearnableBits)]
-    losses, steps = [], 0
+    losses, steps, dev = [], 0, next(model.parameters()).device   # training runs where the model is
     for e in range(epochs):
         model.train(); tot, n = 0.0, 0
-        dl = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed*1000 + e))
+        dl = DataLoader(train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed*1000 + e),
+                        num_workers=workers, pin_memory=dev.type == 'cuda')
         for x, y, g in tqdm(dl, desc=f'{desc}epoch {e+1}/{epochs}', leave=False, disable=not progress):
-            ce = F.cross_entropy(model(x), y, reduction='none')
+            x, y, g = (t.to(dev, non_blocking=True) for t in (x, y, g))
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == 'cuda'):   # mixed precision on the GPU only
+                logits = model(x)
+            ce = F.cross_entropy(logits.float(), y, reduction='none')
             loss = ce.mean()
             if fairness_lambda: loss = loss + fairness_lambda*fairness_term(ce, g)
             if lambda_b and qs: loss = loss + lambda_b*bit_penalty(model)
@@ -984,12 +991,16 @@ class StageSettings:
     fairness_lambda: float = None      # > 0: replaces the weight of configurations with a fairness term (None: keep theirs)
     rounds: int = None                 # overrides iterative QAT's rounds (None: keep)
     test_predictions: bool = True      # False: no test predictions or metrics here (50_validation evaluates the saved model)
+    device: str = 'auto'               # where training and evaluation run (`core.resolve_device`): models move there and back to the CPU to be saved
+    workers: int = 0                   # DataLoader worker processes for training
     grad_clip: float = 1.0             # max gradient norm (0: off)
     weight_decay: float = 0.01         # AdamW weight decay on weight matrices
     seed: int = 0
     eval_batch_size: int = 128
     def __post_init__(self):
         check_granularity(self.granularity)
+        resolve_device(self.device)   # CUDA asked for where it is not usable: refused before any work, not a silent CPU run
+        if not isinstance(self.workers, int) or self.workers < 0: raise ValueError(f"StageSettings.workers={self.workers!r}: expected a whole number >= 0")
         for k in ('epochs', 'batch_size', 'eval_batch_size'):
             if getattr(self, k) < (0 if k == 'epochs' else 1): raise ValueError(f"StageSettings.{k}={getattr(self, k)}: too small")
         lam = self.fairness_lambda
@@ -1095,8 +1106,10 @@ def _train_for(cfg, s, model, train, val, ds, log, progress, bit_params=(), desc
         lg, y, g = predict_split(model, val.dataset, s.eval_batch_size)
         m = run_metrics(lg, y, g, ds.classes, ds.groups)
         log.info(f'train loss {loss:.4f}\n' + results_block(f'{desc}Epoch {e}/{epochs} (val)', m, ds.groups, 'val'))
-    return train_epochs(model, train.dataset, epochs, s.lr, s.batch_size, s.seed, cfg.fairness_lambda, s.grad_clip,
-                        s.weight_decay, bit_params, s.bit_lr, cfg.lambda_b if bit_params else 0.0, after, progress, desc, max_steps)
+    model.to(resolve_device(s.device))
+    try: return train_epochs(model, train.dataset, epochs, s.lr, s.batch_size, s.seed, cfg.fairness_lambda, s.grad_clip,
+                             s.weight_decay, bit_params, s.bit_lr, cfg.lambda_b if bit_params else 0.0, after, progress, desc, max_steps, s.workers)
+    finally: model.cpu()   # saved, exported and scored on the CPU
 
 # %% ../nbs/30_mixed_precision.ipynb #f3a6cfce
 def avg_share_fixed(bits:dict)->float:
