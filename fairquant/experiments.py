@@ -518,6 +518,9 @@ RESUME_DIRS = ('10_finetune_vit_swin/*/resume',)   # what a rerun of a failed st
 def clear_for_rerun(run:Path)->list:
     "Empty a step's run folder for a new attempt, keeping its resume state; returns the kept folders (relative)"
     run = Path(run)
+    if run.is_symlink() or (run.exists() and not run.is_dir()):
+        raise NotADirectoryError(f"{run}: a {'link' if run.is_symlink() else 'file'} where this step's folder should be; move it away "
+                                 "(the step is run there again)")
     if not run.exists(): run.mkdir(parents=True); return []
     real = lambda p: not any((run/q).is_symlink() for q in [*p.relative_to(run).parents][:-1] + [p.relative_to(run)])
     kept = [p for pat in RESUME_DIRS for p in run.glob(pat) if p.is_dir() and real(p)]   # never through a link to another step
@@ -545,7 +548,10 @@ def run_step(step:dict, # a `Step` as a dict (what `plan_grid` made)
              *deps:dict)->dict: # the results of the steps it depends on
     "Run one step's stages with papermill in its own folder; writes done.json or failed.json; returns {key, status, seconds, ...}"
     s = Step(**step); run = Path(grid_dir)/s.run_dir; t0 = time.time()
-    kept = clear_for_rerun(run); log = run/'step.log'
+    try: kept = clear_for_rerun(run)
+    except OSError as e:   # a file where the folder should be (or no room to make it): this step fails, the grid goes on
+        return dict(key=s.key, kind=s.kind, log=None, stages={}, resumed_from=[], status='failed', seconds=0.0, error=f"{type(e).__name__}: {e}")
+    log = run/'step.log'
     if threads: os.environ.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     res = dict(key=s.key, kind=s.kind, log=str(log), stages={}, resumed_from=kept)
     failed = [d['key'] for d in deps if d.get('status') != 'done']
@@ -773,7 +779,7 @@ class _Progress:
         if r['status'] == 'done': self.done += k
         n = f"  [{self.done}/{self.n} cells]" if k else ''
         self.say(f"{'✓' if r['status'] == 'done' else '✗'} {r['key']} {r['status']} in {r['seconds']:.0f}s{n}"
-                 + (f" -- {r['error'][:300]}; log: {r['log']}" if r['status'] != 'done' else ''))
+                 + (f" -- {r['error'][:300]}" + (f"; log: {r['log']}" if r.get('log') else '') if r['status'] != 'done' else ''))
 
 # %% ../nbs/70_experiments.ipynb #a6b6a504
 @functools.lru_cache(maxsize=64)

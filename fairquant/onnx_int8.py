@@ -20,7 +20,7 @@ from onnxruntime.quantization import (quantize_static, quantize_dynamic, quant_p
 from onnxruntime.quantization.registry import QLinearOpsRegistry, QDQRegistry, IntegerOpsRegistry
 from tqdm.auto import tqdm
 
-from .core import (scratch_dir, Registry, file_slug, atomic_path, atomic_dir, save_json, load_json, save_csv, read_csv, save_figure,
+from .core import (scratch_dir, Registry, file_slug, check_size, atomic_path, atomic_dir, save_json, load_json, save_csv, read_csv, save_figure,
                             stage_dir, require_stage, git_commit, file_sha256)
 from .datasets import GroupDataset, build_transform, read_image, open_stage_dataset
 from .finetune import load_checkpoint
@@ -812,6 +812,8 @@ def run_onnx_stage(run_dir, # run folder: reads 00_datasets/ and 10_finetune_vit
                    progress:bool=True)->dict: # dict(models, table, calibration, figure, summary)
     "Run stage 40 on a run folder: FP32 and INT8 ONNX of each checkpoint (and `mixed`'s files), models.json, comparison, summary.json"
     run_dir = Path(run_dir)
+    for k, v, lo, what in (('calib_n', calib_n, 1, ''), ('n_check', n_check, 0, ' (0: no check)'), ('compare_n', compare_n, 0, ' (0: all of test)'),
+                           ('threads', threads, 1, ''), ('seed', seed, 0, ''), ('opset', opset, 17, ' (17 or newer)')): check_size(k, v, lo, what)   # before any work
     src = require_stage(run_dir, '10_finetune_vit_swin', 'checkpoints.json', needed_by='40_onnx_int8')
     require_stage(run_dir, '00_datasets', 'dataset.json', 'images.csv', needed_by='40_onnx_int8')
     qopts = dict(quant_format=quant_format, per_channel=per_channel, calibrate_method=calibrate_method, **(options or {}))
