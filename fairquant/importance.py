@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_importance.ipynb #a1000002
 from __future__ import annotations
-import os, json, math, time, shutil, hashlib, tempfile, contextlib, warnings
+import os, json, math, time, bisect, shutil, hashlib, tempfile, contextlib, warnings, weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -59,8 +59,8 @@ def _explicit_padding(m:nn.Conv2d, x:torch.Tensor)->tuple:
     if isinstance(m.padding, str): return F.pad(x, m._reversed_padding_repeated_twice), (0, 0)
     return x, m.padding
 
-def _conv_group_grads(m:nn.Conv2d, x, gy, bounds:list, out:torch.Tensor, acc:bool=False):
-    "Write (or with `acc` add) ∂/∂W of each sample range [bounds[j], bounds[j+1]) of a Conv2d into out[j]"
+def _conv_group_grads(m:nn.Conv2d, x, gy, bounds:list, out:torch.Tensor, acc:bool=False, score=None):
+    "Write (or with `acc` add) ∂/∂W of each sample range [bounds[j], bounds[j+1]) of a Conv2d into out[j], then `score` it in place"
     x, pad = _explicit_padding(m, x)
     L = gy.shape[-1]*gy.shape[-2]
     if m.groups == 1 and L <= 16:   # small outputs: im2col + one matmul per group beats small-batch conv kernels
@@ -70,23 +70,26 @@ def _conv_group_grads(m:nn.Conv2d, x, gy, bounds:list, out:torch.Tensor, acc:boo
             o = out[j].view(len(Y), -1)
             if acc: o.addmm_(Y[:, a*L:b*L], X[a*L:b*L])
             else: torch.mm(Y[:, a*L:b*L], X[a*L:b*L], out=o)
+            if score: score(out[j])   # while the group's block is in cache
         return
     for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
         r = conv2d_weight(x[a:b], m.weight.shape, gy[a:b], m.stride, pad, m.dilation, m.groups)
         out[j].add_(r) if acc else out[j].copy_(r)
+        if score: score(out[j])
 
-def _linear_group_grads(m:nn.Linear, x, gy, bounds:list, out:torch.Tensor, acc:bool=False):
-    "Write (or add) ∂/∂W of each sample range of a Linear into out[j]; rows beyond the batch (tokens, windows) follow their sample"
+def _linear_group_grads(m:nn.Linear, x, gy, bounds:list, out:torch.Tensor, acc:bool=False, score=None):
+    "Write (or add) ∂/∂W of each sample range of a Linear into out[j], then `score` it; rows beyond the batch (tokens, windows) follow their sample"
     X, Y = x.reshape(-1, x.shape[-1]), gy.reshape(-1, gy.shape[-1])
     r = len(X)//bounds[-1]
     for j, (a, b) in enumerate(zip(bounds, bounds[1:])):
         if acc: out[j].addmm_(Y[a*r:b*r].T, X[a*r:b*r])
         else: torch.mm(Y[a*r:b*r].T, X[a*r:b*r], out=out[j])
+        if score: score(out[j])
 
-def _group_grads(m:nn.Module, x, gy, bounds:list, out:torch.Tensor, acc:bool=False):
-    "Per-group weight gradients of a Conv2d or Linear from its input and output gradient"
-    if isinstance(m, nn.Conv2d): _conv_group_grads(m, x, gy, [b*(len(x)//bounds[-1]) for b in bounds], out, acc)
-    else: _linear_group_grads(m, x, gy, bounds, out, acc)
+def _group_grads(m:nn.Module, x, gy, bounds:list, out:torch.Tensor, acc:bool=False, score=None):
+    "Per-group weight gradients of a Conv2d or Linear from its input and output gradient (`score`d in place, group by group)"
+    if isinstance(m, nn.Conv2d): _conv_group_grads(m, x, gy, [b*(len(x)//bounds[-1]) for b in bounds], out, acc, score)
+    else: _linear_group_grads(m, x, gy, bounds, out, acc, score)
 
 # %% ../nbs/20_importance.ipynb #b2000009
 @contextlib.contextmanager
@@ -104,7 +107,7 @@ def untouched(model:nn.Module, # the model to borrow
         for m, t in modes: m.training = t
         for p, f in flags: p.requires_grad_(f)
 
-# %% ../nbs/20_importance.ipynb #b200000b
+# %% ../nbs/20_importance.ipynb #4aead5b7
 def _per_sample_ce(model:nn.Module, x, y)->torch.Tensor:
     "Cross-entropy of every image (float32)"
     out = model(x)
@@ -113,6 +116,7 @@ def _per_sample_ce(model:nn.Module, x, y)->torch.Tensor:
                         f"expected logits of shape ({len(x)}, n_classes)")
     return F.cross_entropy(out.float(), y, reduction='none')
 
+# %% ../nbs/20_importance.ipynb #9681ddd1
 def _capture(layers:dict)->tuple:
     "Forward hooks keeping (input, output, their versions) of every call of every layer"
     rec = {n: [] for n in layers}
@@ -123,6 +127,7 @@ def _capture(layers:dict)->tuple:
         return f
     return rec, [m.register_forward_hook(hook(n)) for n, m in layers.items()]
 
+# %% ../nbs/20_importance.ipynb #cc4db2b0
 def _why_slow(m:nn.Module, calls:list, B:int)->str|None:
     "Why the one-backward decomposition cannot be trusted for this layer (None: it can)"
     if not calls: return "its forward never ran (weight used by another module?)"
@@ -134,10 +139,11 @@ def _why_slow(m:nn.Module, calls:list, B:int)->str|None:
         if rows % B or (isinstance(m, nn.Conv2d) and o.shape[0] != a.shape[0]): return f"leading dimension {a.shape[0]} is not a multiple of the batch {B}"
     return None
 
-# %% ../nbs/20_importance.ipynb #b200000b2
-def _probe_layout(layers:dict, model:nn.Module, x:torch.Tensor, gen:torch.Generator)->dict:
+# %% ../nbs/20_importance.ipynb #d0d6a55a
+def _probe_layout(layers:dict, model:nn.Module, x:torch.Tensor)->dict:
     "{layer: reason} for layers whose activations are not split sample-major, found by changing one of two images"
     x0 = x[:1]
+    gen = torch.Generator(device=x.device).manual_seed(0)
     x1 = x0 + torch.randn(x0.shape, generator=gen, device=x.device, dtype=x.dtype)
     recs, threads = [], torch.get_num_threads()
     torch.set_num_threads(1)   # two images: threads only add synchronisation
@@ -161,60 +167,32 @@ def _probe_layout(layers:dict, model:nn.Module, x:torch.Tensor, gen:torch.Genera
                 bad[n] = "its activations are not laid out sample by sample (changing image 1 changed rows of image 0)"; break
     return bad
 
-# %% ../nbs/20_importance.ipynb #b200000c
-def _first_order_batch(layers:dict, model:nn.Module, fn, x, y, g, maps, suspect:dict=None):
-    "Add fn(∂L_k/∂W, W) for every group k in the batch, with one forward and one backward pass"
-    order = torch.argsort(g, stable=True); x, y, g = x[order], y[order], g[order]
-    ks, counts = torch.unique_consecutive(g, return_counts=True)
-    ks, bounds, B = ks.tolist(), [0] + counts.cumsum(0).tolist(), len(x)
-    rec, hooks = _capture(layers)
-    try: ce = _per_sample_ce(model, x, y)
-    finally:
-        for h in hooks: h.remove()
-    slow = {n: why for n, m in layers.items() if (why := (suspect or {}).get(n) or _why_slow(m, rec[n], B))}
-    if slow: warnings.warn(f"one backward per group for {len(slow)} layer(s): " + '; '.join(f'{n}: {w}' for n, w in slow.items()))
-    if slow:
-        ws = [layers[n].weight for n in slow]
-        for k, a, b in zip(ks, bounds, bounds[1:]):
-            for n, w, gr in zip(slow, ws, torch.autograd.grad(ce[a:b].mean(), ws, retain_graph=True, allow_unused=True)):
-                if gr is not None:
-                    with torch.no_grad(): maps.add(n, k, fn(gr.float(), w.detach().float()))
-    fast = [(n, c) for n in layers if n not in slow for c in rec[n]]
-    if not fast: return
-    loss = (ce/counts.to(ce).repeat_interleave(counts)).sum()   # Σ_g L_g: row i of each output gradient is ∂L_g(i)/∂y_i
-    gys = torch.autograd.grad(loss, [c[1] for _, c in fast], allow_unused=True)
-    blocks = {}
-    for (n, (a, o, _, _)), gy in zip(fast, gys):
-        if gy is None: continue
-        if n not in blocks: blocks[n] = maps.block(n, ks)
-        _group_grads(layers[n], a.detach().float(), gy.float(), bounds, blocks[n][0], acc=blocks[n][2])   # a layer called twice: sum, then score
-        blocks[n][2] = True
-    with torch.no_grad():
-        for n, (t, direct, _) in blocks.items(): maps.put(n, ks, fn(t, layers[n].weight.detach().float()), direct)
+# %% ../nbs/20_importance.ipynb #90e7cd50
+_LAYOUTS = weakref.WeakKeyDictionary()   # model → (what its verdict depends on, the verdict)
 
-# %% ../nbs/20_importance.ipynb #b200000d
-def _rademacher(w:torch.Tensor, gen:torch.Generator)->torch.Tensor:
-    return torch.randint(0, 2, w.shape, generator=gen, device=w.device).to(w.dtype).mul_(2).sub_(1)
+def _plain(v)->bool: return isinstance(v, (bool, int, float, str, type(None))) or (isinstance(v, tuple) and all(map(_plain, v)))
 
-def _hawq_batch(layers:dict, model:nn.Module, fn, x, y, g, add, samples:int, gen:torch.Generator):
-    "Add fn(d̂_k, W) for every group k in the batch; d̂_k = mean over probes v of v ⊙ H_k v (double backward)"
-    ws = [m.weight for m in layers.values()]
-    with sdpa_kernel(SDPBackend.MATH):   # fused attention kernels have no double backward
-        for k in sorted(set(g.tolist())):
-            ce = _per_sample_ce(model, x[g == k], y[g == k])   # the group's own images: each double backward walks only them
-            grads = torch.autograd.grad(ce.mean(), ws, create_graph=True, allow_unused=True)
-            live = [i for i, gr in enumerate(grads) if gr is not None and gr.requires_grad]
-            est = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in ws]
-            for _ in range(samples):
-                vs = [_rademacher(ws[i], gen) for i in live]
-                hv = torch.autograd.grad([grads[i] for i in live], [ws[i] for i in live], vs, retain_graph=True, allow_unused=True)
-                for i, v, h in zip(live, vs, hv):
-                    if h is not None: est[i].add_((v*h).float())
-            del ce, grads
-            with torch.no_grad():
-                for n, w, e in zip(layers, ws, est): add(n, k, fn(e.div_(samples), w.detach().float()))
+def _layout_key(model:nn.Module, x:torch.Tensor)->tuple:
+    "What the layout verdict depends on: the image shape, dtype and device, each module's identity, class, forward, hooks and plain settings"
+    glob = torch.nn.modules.module
+    mods = tuple((n, id(m), type(m).forward, id(m.__dict__.get('forward')), tuple(m._forward_hooks), tuple(m._forward_pre_hooks),
+                  tuple((k, v) for k, v in vars(m).items() if _plain(v))) for n, m in model.named_modules())
+    return (tuple(x.shape[1:]), x.dtype, x.device, tuple(glob._global_forward_hooks), tuple(glob._global_forward_pre_hooks), mods)
 
-# %% ../nbs/20_importance.ipynb #b200000e
+def _layout(layers:dict, model:nn.Module, x:torch.Tensor)->dict:
+    "`_probe_layout`'s verdict for this model and image shape, probed only when something it depends on changed"
+    key, hit = _layout_key(model, x), _LAYOUTS.get(model)
+    if hit is None or hit[0] != key: _LAYOUTS[model] = hit = (key, _probe_layout(layers, model, x))
+    return dict(hit[1])
+
+# %% ../nbs/20_importance.ipynb #a076c454
+def _by_group(x, y, g)->tuple:
+    "(x, y, g) sorted by group (stable), the groups present, their image counts, and where each group's rows start and end"
+    order = torch.argsort(g, stable=True)
+    ks, counts = torch.unique_consecutive(g[order], return_counts=True)
+    return x[order], y[order], g[order], ks.tolist(), counts, [0] + counts.cumsum(0).tolist()
+
+# %% ../nbs/20_importance.ipynb #db2da752
 class _Maps:
     "Per-layer (G, *W.shape) float32 sums; a slot is written by its first contribution, never-seen groups are zero"
     def __init__(self, layers:dict, n_groups:int=None): self.layers, self.G, self.buf, self.written = layers, n_groups or 0, {}, set()
@@ -246,6 +224,141 @@ class _Maps:
                 if (n, k) not in self.written: b[k].zero_()
         return self.buf
 
+# %% ../nbs/20_importance.ipynb #3c4679f6
+def _first_order_batch(layers:dict, model:nn.Module, fn, x, y, g, maps:_Maps, suspect:dict=None):
+    "Add fn(∂L_k/∂W, W) for every group k in the batch, with one forward and one backward pass"
+    x, y, g, ks, counts, bounds = _by_group(x, y, g)
+    B = len(x)
+    rec, hooks = _capture(layers)
+    try: ce = _per_sample_ce(model, x, y)
+    finally:
+        for h in hooks: h.remove()
+    slow = {n: why for n, m in layers.items() if (why := (suspect or {}).get(n) or _why_slow(m, rec[n], B))}
+    if slow: warnings.warn(f"one backward per group for {len(slow)} layer(s): " + '; '.join(f'{n}: {w}' for n, w in slow.items()))
+    if slow:
+        ws = [layers[n].weight for n in slow]
+        for k, a, b in zip(ks, bounds, bounds[1:]):
+            for n, w, gr in zip(slow, ws, torch.autograd.grad(ce[a:b].mean(), ws, retain_graph=True, allow_unused=True)):
+                if gr is not None:
+                    with torch.no_grad(): maps.add(n, k, fn(gr.float(), w.detach().float()))
+    fast = [(n, c) for n in layers if n not in slow for c in rec[n]]
+    if not fast: return
+    loss = (ce/counts.to(ce).repeat_interleave(counts)).sum()   # Σ_g L_g: row i of each output gradient is ∂L_g(i)/∂y_i
+    gys = torch.autograd.grad(loss, [c[1] for _, c in fast], allow_unused=True)
+    last = {n: i for i, ((n, _), gy) in enumerate(zip(fast, gys)) if gy is not None}   # a layer called twice: sum, then score
+    blocks = {}
+    with torch.no_grad():
+        for i, ((n, (a, *_)), gy) in enumerate(zip(fast, gys)):
+            if gy is None: continue
+            if n not in blocks: blocks[n] = maps.block(n, ks)
+            w = layers[n].weight.detach().float()
+            _group_grads(layers[n], a.detach().float(), gy.float(), bounds, blocks[n][0], acc=blocks[n][2],
+                         score=(lambda t, w=w: fn(t, w)) if last[n] == i else None)
+            blocks[n][2] = True
+        for n, (t, direct, _) in blocks.items(): maps.put(n, ks, t, direct)
+
+# %% ../nbs/20_importance.ipynb #e28302d2
+def _rademacher(shape:torch.Size, gen:torch.Generator, dtype=torch.float32)->torch.Tensor:
+    "A ±1 tensor of i.i.d. fair signs: the bits of uniform random bytes (one draw per 8 signs)"
+    n, bits = math.prod(shape), torch.arange(8, dtype=torch.uint8, device=gen.device)
+    b = torch.randint(0, 256, ((n + 7)//8,), generator=gen, dtype=torch.uint8, device=gen.device)
+    return ((b[:, None] >> bits) & 1).flatten()[:n].view(shape).to(dtype).mul_(2).sub_(1)
+
+def _probes(ws:list, samples:int, gen:torch.Generator)->list:
+    "`samples` Rademacher probes, each one ±1 tensor per weight in `ws`"
+    return [[_rademacher(w.shape, gen, w.dtype) for w in ws] for _ in range(samples)]
+
+# %% ../nbs/20_importance.ipynb #64b29ec9
+def _hawq_per_group(layers:dict, model:nn.Module, fn, x, y, g, maps:_Maps, probes:list):
+    "Add fn(d̂_k, W) for every group k; d̂_k = mean over `probes` of v ⊙ H_k v, one forward and double backward per group"
+    ws = [m.weight for m in layers.values()]
+    with sdpa_kernel(SDPBackend.MATH):   # fused attention kernels have no double backward
+        for k in sorted(set(g.tolist())):
+            ce = _per_sample_ce(model, x[g == k], y[g == k])   # the group's own images: each double backward walks only them
+            grads = torch.autograd.grad(ce.mean(), ws, create_graph=True, allow_unused=True)
+            live = [i for i, gr in enumerate(grads) if gr is not None and gr.requires_grad]
+            est = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in ws]
+            for vs in probes:
+                hv = torch.autograd.grad([grads[i] for i in live], [ws[i] for i in live], [vs[i] for i in live], retain_graph=True, allow_unused=True)
+                for i, h in zip(live, hv):
+                    if h is not None: est[i].add_((vs[i]*h).float())
+            del ce, grads
+            with torch.no_grad():
+                for n, w, e in zip(layers, ws, est): maps.add(n, k, fn(e.div_(len(probes)), w.detach().float()))
+
+# %% ../nbs/20_importance.ipynb #7987bd0c
+def _wgrad(m:nn.Module, x:torch.Tensor, gy:torch.Tensor)->torch.Tensor:
+    "∂L/∂W of one call of the Linear or Conv2d `m` from its input `x` and output gradient `gy`, differentiable in both"
+    if isinstance(m, nn.Linear): return torch.mm(gy.reshape(-1, gy.shape[-1]).T, x.reshape(-1, x.shape[-1]))
+    x, pad = _explicit_padding(m, x)
+    return conv2d_weight(x, m.weight.shape, gy, m.stride, pad, m.dilation, m.groups)
+
+# %% ../nbs/20_importance.ipynb #7e1e91f7
+class _TapGrad(torch.autograd.Function):
+    "Identity; its backward adds `eps` (zeros) to the gradient, so a second backward pass gives that gradient's adjoint as ∂/∂eps"
+    @staticmethod
+    def forward(ctx, x, eps): ctx.save_for_backward(eps); return x.view_as(x)
+    @staticmethod
+    def backward(ctx, gr): return gr + ctx.saved_tensors[0], None
+
+# %% ../nbs/20_importance.ipynb #ed2d22bb
+_HAWQ_CHUNK = 32   # images per pass: the double backward's element-wise work on a pass's activations then stays closer to cache
+
+def _hawq_pass(layers:dict, model:nn.Module, x, y, w, bounds:list, probes:list, sums:dict, tmp:dict, suspect:dict=None)->dict:
+    "Add Σ_s v_s ⊙ H_k v_s over the images x (loss weights w) of each group slice `bounds` into sums[n][k] (tmp[n]: room for as many); {layer: reason} instead if it cannot be split"
+    zero, taps = torch.zeros((), device=x.device, requires_grad=True), {n: [] for n in layers}
+    def tap(n):
+        def f(m, args):
+            if not (args and isinstance(args[0], torch.Tensor)): return None
+            taps[n].append(zero.expand(args[0].shape))
+            return (_TapGrad.apply(args[0], taps[n][-1]), *args[1:])
+        return f
+    rec, hooks = _capture(layers)
+    hooks += [m.register_forward_pre_hook(tap(n)) for n, m in layers.items()]
+    try: ce = _per_sample_ce(model, x, y)
+    finally:
+        for h in hooks: h.remove()
+    slow = {n: why for n, m in layers.items() if (why := (suspect or {}).get(n) or _why_slow(m, rec[n], len(x)))}
+    if slow: return slow
+    calls = [(n, a, o, e) for n in layers for (a, o, *_), e in zip(rec[n], taps[n])]
+    gys = torch.autograd.grad((ce*w).sum(), [o for _, _, o, _ in calls], create_graph=True, allow_unused=True)
+    live = [(c, gy) for c, gy in zip(calls, gys) if gy is not None]
+    gws = [_wgrad(layers[n], a, gy) for (n, a, _, _), gy in live]   # ∂L/∂W of each call, differentiable
+    G = len(bounds) - 1
+    for s, vs in enumerate(probes):
+        v = dict(zip(layers, vs))
+        phi = sum((gw*v[n]).sum() for ((n, *_), _), gw in zip(live, gws))   # ⟨∇_W L, v⟩
+        adj = torch.autograd.grad(phi, [o for (_, _, o, _), _ in live] + [e for (*_, e), _ in live], retain_graph=s + 1 < len(probes), allow_unused=True)
+        with torch.no_grad():
+            hv = set()
+            for ((n, a, _, _), gy), ybar, xbar in zip(live, adj[:len(live)], adj[len(live):]):
+                for inp, out in ((a, ybar), (xbar, gy)):   # W in the forward pass, W in the backward pass
+                    if inp is None or out is None: continue
+                    _group_grads(layers[n], inp.detach().float(), out.detach().float(), bounds, tmp[n][:G], acc=n in hv); hv.add(n)
+            for n in hv: sums[n][:G].addcmul_(tmp[n][:G], v[n].float())
+    return {}
+
+def _hawq_batch(layers:dict, model:nn.Module, fn, x, y, g, maps:_Maps, probes:list, suspect:dict=None, chunk:int=_HAWQ_CHUNK):
+    "Add fn(d̂_k, W) for every group k; d̂_k = mean over `probes` of v ⊙ H_k v: per pass of `chunk` images one forward and backward, one double backward per probe, for all groups"
+    x, y, g, ks, counts, bounds = _by_group(x, y, g)
+    w = (1/counts.to(x.device, torch.float32)).repeat_interleave(counts.to(x.device))   # Σ_g L_g = Σ_i ℓ_i/n_g(i), over the whole batch
+    blocks = {n: maps.block(n, ks) for n in layers}
+    sums = {n: b[0].zero_() for n, b in blocks.items()}
+    tmp = {n: torch.empty_like(t) for n, t in sums.items()}   # one probe's H_k v, computed aside
+    with sdpa_kernel(SDPBackend.MATH):   # fused attention kernels have no double backward
+        for c0 in range(0, len(x), chunk):
+            c1 = min(c0 + chunk, len(x))
+            j0, j1 = bisect.bisect_right(bounds, c0) - 1, bisect.bisect_left(bounds, c1)   # groups j0..j1-1 have images in [c0, c1)
+            local = [0] + [b - c0 for b in bounds[j0 + 1:j1]] + [c1 - c0]
+            slow = _hawq_pass(layers, model, x[c0:c1], y[c0:c1], w[c0:c1], local, probes, {n: t[j0:j1] for n, t in sums.items()}, tmp, suspect)
+            if slow:
+                warnings.warn(f"hawq: one forward pass and double backward per group for this batch, as {len(slow)} layer(s) cannot be split by image: "
+                              + '; '.join(f'{n}: {w}' for n, w in slow.items()))
+                return _hawq_per_group(layers, model, fn, x, y, g, maps, probes)   # the blocks were not recorded: its sums start afresh
+    with torch.no_grad():
+        for n, (t, direct, _) in blocks.items(): maps.put(n, ks, fn(t.div_(len(probes)), layers[n].weight.detach().float()), direct)
+
+# %% ../nbs/20_importance.ipynb #4f59e756
 def _check_batch(i:int, batch, n_groups:int|None, device)->tuple:
     "(x, y, g) on `device`, or a clear error naming batch `i`"
     try: x, y, g = batch
@@ -257,11 +370,12 @@ def _check_batch(i:int, batch, n_groups:int|None, device)->tuple:
         raise ValueError(f"batch {i}: group indices must be integers in [0, {n_groups if n_groups is not None else 'G'}), got {sorted(set(g.tolist()))}")
     return x.to(device), y.to(device).long(), g.to(device).long()
 
+# %% ../nbs/20_importance.ipynb #9a215c27
 def group_importance(model:nn.Module, # a classifier returning logits; handed back unchanged
                      batches:Iterable, # yields (x, y, g): images, class indices, group indices
                      metric:str='gradient', # a `METRICS` key: gradient | grape | hawq
                      n_groups:int=None, # G; None: the largest group index seen + 1
-                     hawq_samples:int=8, # Hutchinson probes per group and batch (hawq only)
+                     hawq_samples:int=8, # Hutchinson probes per batch, shared by its groups (hawq only)
                      seed:int=0, # seeds the Hutchinson probes (hawq only; the global RNG is not touched)
                      progress:bool=False)->dict: # {weight name: Tensor(G, *W.shape) float32}
     "Per-group importance of every Conv2d and Linear weight, summed over `batches`"
@@ -269,14 +383,14 @@ def group_importance(model:nn.Module, # a classifier returning logits; handed ba
     if not layers: raise ValueError(f"{type(model).__name__} has no Conv2d or Linear weight to score")
     second = getattr(fn, 'second_order', False)
     if second and hawq_samples < 1: raise ValueError(f"hawq_samples={hawq_samples}: need at least 1 Hutchinson probe")
-    dev = next(model.parameters()).device
+    dev, ws = next(model.parameters()).device, [m.weight for m in layers.values()]
     gen, maps, nb = torch.Generator(device=dev).manual_seed(seed), _Maps(layers, n_groups), 0
     with untouched(model), torch.enable_grad():
         for i, b in enumerate(tqdm(batches, desc=f'importance ({metric})', disable=not progress, leave=False)):
             x, y, g = _check_batch(i, b, n_groups, dev)
             maps.reserve(int(g.max()) + 1)
-            if i == 0: suspect = _probe_layout(layers, model, x, gen)   # also fills caches (TinyViT's attention bias) without a graph
-            if second: _hawq_batch(layers, model, fn, x, y, g, maps.add, hawq_samples, gen)
+            if i == 0: suspect = _layout(layers, model, x)
+            if second: _hawq_batch(layers, model, fn, x, y, g, maps, _probes(ws, hawq_samples, gen), suspect)
             else: _first_order_batch(layers, model, fn, x, y, g, maps, suspect)
             nb += 1
     if nb == 0: raise ValueError("batches yielded nothing: no calibration images to compute importance from")
@@ -336,6 +450,14 @@ def reduce_importance(imp:dict, # {weight name: Tensor(G, *W.shape)} from `group
 IMPORTANCE_FORMAT = 'fairquant-importance/1'
 IMPORTANCE_META = ('metric', 'classes', 'groups', 'checkpoint', 'checkpoint_sha256', 'split', 'n_images', 'n_batches', 'images_per_group')
 
+def _check_finite(maps:dict, groups:Sequence[str], path):
+    "Refuse maps holding NaN or ±inf, naming the file, the tensor and the groups"
+    for n, t in maps.items():
+        bad = ~torch.isfinite(t.reshape(len(t), -1)).all(1)
+        if bad.any():
+            raise ValueError(f"{path}: tensor {n!r} holds {int((~torch.isfinite(t)).sum())} NaN or infinite value(s) (group(s) "
+                             f"{[groups[k] for k in bad.nonzero().flatten().tolist()]}); importance must be finite: recompute the maps")
+
 def save_importance(maps:dict, # {weight name: Tensor(G, *W.shape)}
                     path, # the .safetensors file to write (atomically)
                     **meta)->Path: # at least `IMPORTANCE_META`; values are stored as JSON strings
@@ -345,6 +467,7 @@ def save_importance(maps:dict, # {weight name: Tensor(G, *W.shape)}
     G = len(meta['groups'])
     bad = {n: tuple(t.shape) for n, t in maps.items() if t.ndim < 1 or t.shape[0] != G}
     if bad: raise ValueError(f"{path}: maps must have one row per group ({G}: {meta['groups']}); got shapes {bad}")
+    _check_finite(maps, meta['groups'], path)
     head = dict(meta, format=IMPORTANCE_FORMAT, layers=list(maps))
     with atomic_path(path) as t:
         write_safetensors({n: v.detach().to('cpu', torch.float32).contiguous() for n, v in maps.items()}, t,
@@ -370,6 +493,7 @@ def load_importance(path, # a file written by `save_importance`
     except Exception as e: raise ValueError(f"{path}: unreadable as safetensors ({type(e).__name__}: {e}); truncated or not an importance file") from None
     bad = {n: tuple(t.shape) for n, t in maps.items() if t.shape[0] != len(meta['groups'])}
     if bad: raise ValueError(f"{path}: maps must have one row per group {meta['groups']}; got shapes {bad}")
+    _check_finite(maps, meta['groups'], path)
     return maps, meta
 
 # %% ../nbs/20_importance.ipynb #e5000002
@@ -565,6 +689,9 @@ def run_importance(run_dir, # run folder: reads 00_datasets/ and 10_finetune_vit
                    progress:bool=True)->dict: # the index, as written to 20_importance/importance.json
     "Run the importance stage on a run folder"
     metrics, tags = _as_list(metrics), _as_list(tags)
+    if not metrics: raise ValueError(f"metrics={metrics!r}: no importance metric asked for; name at least one of {METRICS.names}")
+    if tags is not None and not tags: raise ValueError(f"tags={tags!r}: an empty list of checkpoint tags would do nothing; "
+                                                     "pass tags=None for every checkpoint in checkpoints.json, or name at least one")
     ck_dir = require_stage(run_dir, '10_finetune_vit_swin', 'checkpoints.json', needed_by='20_importance')
     require_stage(run_dir, '00_datasets', 'dataset.json', needed_by='20_importance')
     for m in metrics: METRICS.get(m)

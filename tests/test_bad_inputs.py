@@ -10,7 +10,7 @@ its message that a user needs (the file/row/option AND the expectation). Count t
 |---------------------------------------------|-------:|------------:|-------------:|-------------:|---------------:|-----------------------:|
 | datasets (CSV, images, archives, folders)   |     33 |          30 |         1(*) |            0 |        2(**)   |                      0 |
 | checkpoints (weights, sidecar, names)       |      8 |           8 |            0 |            0 |            0   |                      0 |
-| importance files, metrics, reducers (20)    |     15 |          15 |            0 |            0 |            0   |                      0 |
+| importance files, metrics, reducers (20)    |     19 |          19 |            0 |            0 |            0   |                      0 |
 | quantization config, bits, budgets (30)     |     21 |          20 |            0 |            1 |            0   |                      0 |
 | calibration folders and manifests (40)      |      7 |           7 |            0 |            0 |            0   |                      0 |
 | ONNX files (40/50)                          |      4 |           4 |            0 |            0 |            0   |                      0 |
@@ -19,7 +19,7 @@ its message that a user needs (the file/row/option AND the expectation). Count t
 | stage order (run folder missing a stage)    |      6 |           6 |            0 |            0 |            0   |                      0 |
 | validation split / table without a group    |      2 |           2 |            0 |            0 |            0   |                      0 |
 | sidecars, pairs, resume, sizes (41/45/50)   |     30 |          30 |            0 |            0 |            0   |                      0 |
-| **total**                                   |**159** |     **155** |    **1**(*) |        **1** |        **2**   |                  **0** |
+| **total**                                   |**163** |     **159** |    **1**(*) |        **1** |        **2**   |                  **0** |
 
 (**) Two inputs that were accepted silently and wrongly before (issue 21): a 16-bit greyscale PNG is now scaled to 8 bits (it
 saturated: 98 % of pixels became 255) and integer labels 0…10 are classes in numeric order (label 10 was index 2). The
@@ -343,6 +343,22 @@ def test_importance_group_without_calibration_images(tmp_path, ck, ds):
     _check(lambda: imp.importance_for_checkpoint(ck, thin, tmp_path/'imp', ['gradient'], 'train', 1, 8), ValueError,
            "group(s) ['dark']", "no calibration image", "split 'train'")
     assert not (tmp_path/'imp').exists()
+
+@pytest.mark.parametrize('opt', ['tags', 'metrics'])
+def test_importance_run_with_an_empty_list(run, opt):
+    "run_importance(tags=[]) or metrics=[] would do nothing: refused, naming the option"
+    frag = {'tags': ("tags=[]", "pass tags=None for every checkpoint"), 'metrics': ("metrics=[]", "name at least one of ['gradient', 'grape', 'hawq']")}[opt]
+    _check(lambda: imp.run_importance(run, **{'metrics': ['gradient'], opt: []}), ValueError, *frag)
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_importance_file_not_finite(tmp_path, bad):
+    "A map holding NaN or inf (written by other means) is refused when read, naming the file, the tensor and the group"
+    meta = {k: 0 for k in imp.IMPORTANCE_META} | dict(groups=['a', 'b'], classes=['x'])
+    maps = _maps(); maps['fc.weight'][1, 2, 0] = bad
+    head = {k: json.dumps(v) for k, v in (meta | dict(format=imp.IMPORTANCE_FORMAT, layers=list(maps))).items()}
+    from safetensors.torch import save_file
+    p = tmp_path/'i.safetensors'; save_file(maps, str(p), metadata=head)
+    _check(lambda: imp.load_importance(p), ValueError, str(p), "tensor 'fc.weight' holds 1 NaN or infinite value(s) (group(s) ['b'])")
 
 # ------------------------------------------------------------------------------------------- quantization config (30)
 _BMAPS = {'a.weight': torch.rand(4, 3), 'b.weight': torch.rand(6, 3)}

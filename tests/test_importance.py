@@ -1,8 +1,9 @@
-"Group importance on more architectures than the notebook shows: the one-backward fast path equals one backward per group."
+"Group importance on more architectures than the notebook shows: the one-backward fast path equals one backward per group, HAWQ's one pass equals the per-group way."
 import copy
 import pytest, torch, torch.nn.functional as F, timm, torchvision
 from fastcore import test as fc
 from fairquant.importance import group_importance, target_layers, reduce_importance
+import fairquant.importance as imp_mod
 
 ARCHS = {
     'resnet50': lambda: torchvision.models.resnet50(num_classes=5),
@@ -85,3 +86,37 @@ def test_stage_blind_map_uses_population_draw(tmp_path):
     draws = load_json(out/e['summary'])['draws']
     fc.test_eq((draws['blind']['images_per_group'], draws['group_aware']['images_per_group']), (counts, {'light': 48, 'dark': 48}))
     fc.test_eq(draws['blind']['files'], [e['blind']['grape']])
+
+def _raw_hawq(batch_fn, model, batches, probes, *args):
+    "d̂ of every group (the metric left out) from one HAWQ batch function, probes given"
+    layers = imp_mod.target_layers(model); maps = imp_mod._Maps(layers, 3); maps.reserve(3)
+    with imp_mod.untouched(model), torch.enable_grad():
+        for (x, y, g), pr in zip(batches, probes): batch_fn(layers, model, lambda d, w: d, x, y, g, maps, pr, *args)
+    return maps.result()
+
+@pytest.mark.parametrize('arch', list(ARCHS))
+def test_hawq_one_pass_equals_per_group(arch):
+    """One forward, backward and double backward per probe for all groups == one forward and double backward per group and
+    probe, same probes; in passes of 3 images (groups cut across passes) too"""
+    torch.manual_seed(0)
+    model = ARCHS[arch]().eval()
+    batches = [(torch.randn(7, 3, 32, 32), torch.randint(0, 5, (7,)), torch.tensor([0, 2, 0, 2, 2, 0, 0])),
+               (torch.randn(3, 3, 32, 32), torch.randint(0, 5, (3,)), torch.tensor([1, 1, 0]))]
+    ws = [m.weight for m in imp_mod.target_layers(model).values()]
+    gen = torch.Generator().manual_seed(0); probes = [imp_mod._probes(ws, 2, gen) for _ in batches]
+    slow = _raw_hawq(imp_mod._hawq_per_group, model, batches, probes)
+    for chunk in (32, 3):
+        fast = _raw_hawq(imp_mod._hawq_batch, model, batches, probes, None, chunk)
+        fc.test_eq(list(fast), list(slow))
+        for n in fast: fc.test_close(fast[n], slow[n], eps=1e-4*max(slow[n].abs().max().item(), 1e-12))
+
+def test_hawq_seeded_whatever_the_layout_cache():
+    "The layout probe draws from its own generator: a call that reuses the cached verdict gives the same hawq maps"
+    torch.manual_seed(0)
+    model = ARCHS['deit_mini']().eval()
+    b = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 1]))]
+    imp_mod._LAYOUTS.pop(model, None)
+    first = group_importance(model, b, 'hawq', hawq_samples=2, seed=4)
+    assert model in imp_mod._LAYOUTS
+    again = group_importance(model, b, 'hawq', hawq_samples=2, seed=4)
+    for n in first: fc.test_eq(first[n], again[n])
