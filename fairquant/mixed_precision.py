@@ -33,16 +33,16 @@ from .metrics import group_metrics, table_codes, plot_group_acc
 __all__ = ['GRANULARITIES', 'GRANULARITY_UNITS', 'FLOAT_BITS', 'SUMMARY_METRICS', 'MODES', 'CONFIGS', 'BIT_COLUMNS',
            'QUANT_FORMAT', 'TEST_NOT_COMPUTED', 'RUN_KEYS', 'check_granularity', 'unit_shape', 'unit_scores',
            'check_levels', 'assign_bits', 'budget_levels', 'avg_bits', 'budget_assign', 'budget_assign_units',
-           'units_as_maps', 'fake_quantize', 'FakeQuant', 'quant_layers', 'weight_shape', 'quantizer', 'quantize_model',
-           'dequantize_model', 'model_bits', 'latent_state_dict', 'uniform_bits', 'LearnableBits', 'learnable_bits',
-           'learned_bits', 'freeze_bits', 'bit_penalty', 'project_bits', 'bit_changes', 'group_sensitivity',
-           'minimax_solve', 'minimax_bits', 'float_weights', 'minimax_assign', 'run_metrics', 'fairness_term',
-           'predict_split', 'train_epochs', 'QuantConfig', 'get_config', 'iterative_schedule', 'layer_flops',
-           'layer_type', 'layer_storage', 'bit_distribution', 'bit_shares', 'size_report', 'bitwidth_text',
-           'results_block', 'save_quantized_checkpoint', 'load_quantized_checkpoint', 'StageSettings', 'stage_config',
-           'stage_checkpoints', 'choose_unprivileged', 'importance_file', 'load_scores', 'avg_share_fixed',
-           'quantize_for', 'run_config', 'evaluate_finetuned', 'update_runs', 'read_runs', 'plot_group_acc_vs_bits',
-           'example_importance', 'stage_table', 'run_mixed_precision']
+           'units_as_maps', 'ReusedMemory', 'fake_quantize', 'FakeQuant', 'quant_layers', 'weight_shape', 'quantizer',
+           'quantize_model', 'dequantize_model', 'model_bits', 'latent_state_dict', 'uniform_bits', 'LearnableBits',
+           'learnable_bits', 'learned_bits', 'freeze_bits', 'bit_penalty', 'project_bits', 'bit_changes',
+           'group_sensitivity', 'minimax_solve', 'minimax_bits', 'float_weights', 'minimax_assign', 'run_metrics',
+           'fairness_term', 'predict_split', 'train_epochs', 'QuantConfig', 'get_config', 'iterative_schedule',
+           'layer_flops', 'layer_type', 'layer_storage', 'bit_distribution', 'bit_shares', 'size_report',
+           'bitwidth_text', 'results_block', 'save_quantized_checkpoint', 'load_quantized_checkpoint', 'StageSettings',
+           'stage_config', 'stage_checkpoints', 'choose_unprivileged', 'importance_file', 'load_scores',
+           'avg_share_fixed', 'quantize_for', 'run_config', 'evaluate_finetuned', 'update_runs', 'read_runs',
+           'plot_group_acc_vs_bits', 'example_importance', 'stage_table', 'run_mixed_precision']
 
 # %% ../nbs/30_mixed_precision.ipynb #2ff539cf
 GRANULARITIES = ('per_tensor', 'per_channel', 'per_param')
@@ -212,6 +212,26 @@ def units_as_maps(units:dict, granularity:str)->dict:
     return units if granularity == 'per_param' else {k: u.reshape(len(u), 1) for k, u in units.items()} if granularity == 'per_channel' \
         else {k: u.reshape(1) for k, u in units.items()}
 
+# %% ../nbs/30_mixed_precision.ipynb #e28fcc64
+_use_count = getattr(torch._C, '_storage_Use_Count', None)
+
+class ReusedMemory:
+    "Storage for one tensor, reused for the next one when nothing else holds it (else fresh memory)"
+    def __init__(self): self.storage = None
+    def free(self)->bool:
+        "Whether the kept storage is held by nobody else (no tensor, view or autograd graph)"
+        return self.storage is not None and _use_count is not None and _use_count(self.storage._cdata) == 1
+    def like(self, w:torch.Tensor)->torch.Tensor:
+        "An uninitialised contiguous tensor of `w`'s shape, dtype and device, in the kept storage when it is free"
+        n, st = w.numel()*w.element_size(), self.storage
+        if not (self.free() and st.device == w.device and st.nbytes() == n):
+            st = self.storage = torch.UntypedStorage(n, device=w.device)
+        strides = [1]*w.ndim
+        for i in range(w.ndim - 2, -1, -1): strides[i] = strides[i + 1]*w.shape[i + 1]
+        return torch.empty(0, dtype=w.dtype, device=w.device).set_(st, 0, w.shape, strides)
+    def __deepcopy__(self, memo): return ReusedMemory()   # a copied model gets its own, empty
+    def __reduce__(self): return (ReusedMemory, ())
+
 # %% ../nbs/30_mixed_precision.ipynb #ccf7d6fd
 FLOAT_BITS = 32   # marker: a unit that is not quantized (yet)
 
@@ -223,7 +243,8 @@ def _absmax(w:torch.Tensor)->torch.Tensor:
 class _FakeQuantFn(torch.autograd.Function):
     "Quantize with per-channel absmax scales and broadcast per-unit qmax; straight-through backward (masked for pruned units)"
     @staticmethod
-    def forward(ctx, w, qm, keep, binary, passthru, amax=None, fused=False):
+    def forward(ctx, w, qm, keep, binary, passthru, amax=None, fused=False,
+                out=None): # a `ReusedMemory` the CPU path writes into (None: fresh memory)
         with torch.no_grad():
             amax = (_absmax(w) if amax is None else amax).reshape((-1,) + (1,)*(w.ndim - 1))
             if fused:                                        # one kernel: s·round(w·(1/s)), s = max|w|/qmax per channel; ±32767 never binds
@@ -231,7 +252,8 @@ class _FakeQuantFn(torch.autograd.Function):
                 q = torch.fake_quantize_per_channel_affine(w, s, torch.zeros_like(s), 0, -32768, 32767)
             else:
                 inv = qm/amax                                # 1/scale, broadcast to the unit shape
-                q = (w*inv).round_().div_(inv)               # one new tensor, rounded (half to even) and rescaled in place
+                q = w*inv if out is None else torch.mul(w, inv, out=out.like(w))
+                q.round_().div_(inv)                         # rounded (half to even) and rescaled in place
             if binary is not None: q = torch.where(binary, torch.sign(w)*amax/2, q)
             if keep is not None: q = q*keep
             if passthru is not None: q = torch.where(passthru, w, q)
@@ -240,7 +262,7 @@ class _FakeQuantFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         keep, = ctx.saved_tensors
-        return (g if keep is None else g*keep), None, None, None, None, None, None
+        return (g if keep is None else g*keep), None, None, None, None, None, None, None
 
 def _fusable(qm:torch.Tensor, w:torch.Tensor)->bool:
     "Whether `qm` is one value per output channel (or one for all), which the fused per-channel kernel can express"
@@ -265,7 +287,7 @@ class FakeQuant(nn.Module):
         super().__init__()
         self.granularity, self.weight_shape = check_granularity(granularity), tuple(weight_shape)
         if fused and granularity == 'per_param': raise ValueError("fused=True: the fused kernel takes one scale per output channel; per_param bits need one per weight")
-        self.fused = fused
+        self.fused, self._out = fused, ReusedMemory()
         self.register_buffer('bits', torch.zeros(unit_shape(weight_shape, granularity), dtype=torch.int8))
         self.set_bits(bits)
     def set_bits(self, bits:torch.Tensor):
@@ -290,7 +312,7 @@ class FakeQuant(nn.Module):
     def forward(self, w):
         qm = self._qm.to(w.dtype)
         fused = (w.is_cuda if self.fused is None else self.fused) and _fusable(qm, w)
-        return _FakeQuantFn.apply(w, qm, self._keep, self._binary, self._pass, None, fused)
+        return _FakeQuantFn.apply(w, qm, self._keep, self._binary, self._pass, None, fused, None if fused else self._out)
     def extra_repr(self): return f"{self.granularity}, bits {sorted(set(self.bits.flatten().tolist()))}"
 
 # %% ../nbs/30_mixed_precision.ipynb #5ff0241c
