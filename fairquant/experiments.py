@@ -699,31 +699,34 @@ def visible_gpus()->list:
     import torch
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
-def _pin_gpu(gpus:list, dask_worker=None)->str:
-    "On a local worker: see only GPU number (worker index mod len(gpus)); the step's kernels inherit it"
+def _pin_gpu(gpus:list, per:int=1, dask_worker=None)->str:
+    "On a local worker: see only its own `per` GPUs (worker i: gpus[i·per : (i+1)·per]); the step's kernels inherit them"
     name = getattr(dask_worker, 'name', 0)
-    os.environ['CUDA_VISIBLE_DEVICES'] = gpus[int(name) % len(gpus)] if str(name).isdigit() else gpus[0]
+    i = int(name) % (len(gpus)//per) if str(name).isdigit() else 0
+    os.environ['CUDA_VISIBLE_DEVICES'] = ','.join(gpus[i*per:(i + 1)*per])
     return os.environ['CUDA_VISIBLE_DEVICES']
 
 def connect(scheduler:str=None, # 'tcp://HOST:PORT' of a running scheduler; None: a local cluster
             workers:int=1, # local worker processes (ignored with a scheduler)
             timeout:float=5, # seconds a scheduler has to answer
-            gpus:list=None)->tuple: # local GPUs to share out, one per worker (None: `visible_gpus()`)
-    "(client, cluster or None): a Dask client on the given scheduler or on a new LocalCluster (one GPU per worker when there are GPUs)"
+            gpus:list=None, # local GPUs to share out (None: `visible_gpus()`)
+            gpus_per_worker:int=1)->tuple: # GPUs each local worker sees (a fine-tune with `processes: N` needs N)
+    "(client, cluster or None): a Dask client on the given scheduler or on a new LocalCluster (its own GPUs per worker when there are GPUs)"
     from distributed import Client, LocalCluster
     if scheduler:
         try: return Client(scheduler, timeout=timeout), None
         except (OSError, TimeoutError, ValueError) as e:
             raise ConnectionError(f"scheduler {scheduler!r} did not answer within {timeout:g} s ({e}); is it running and reachable?") from None
     if workers < 1: raise ValueError(f"workers={workers}: expected at least 1")
+    if not (isinstance(gpus_per_worker, int) and gpus_per_worker >= 1): raise ValueError(f"gpus_per_worker={gpus_per_worker!r}: expected an integer ≥ 1")
     gpus = visible_gpus() if gpus is None else list(gpus)
-    if gpus and workers > len(gpus):
-        raise ValueError(f"workers={workers}: {len(gpus)} GPU(s) visible ({','.join(gpus)}); each local worker gets its own GPU, so use at most "
-                         f"--workers {len(gpus)} (or hide the GPUs with CUDA_VISIBLE_DEVICES= to run on CPU)")
+    if gpus and workers*gpus_per_worker > len(gpus):
+        raise ValueError(f"workers={workers} × gpus_per_worker={gpus_per_worker}: {len(gpus)} GPU(s) visible ({','.join(gpus)}); each local worker gets "
+                         f"its own GPU(s), so use at most --workers {len(gpus)//gpus_per_worker} (or hide the GPUs with CUDA_VISIBLE_DEVICES= to run on CPU)")
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=':0', memory_limit=0,
-                           silence_logs=logging.ERROR, **({'resources': {'GPU': 1}} if gpus else {}))
+                           silence_logs=logging.ERROR, **({'resources': {'GPU': gpus_per_worker}} if gpus else {}))
     client = Client(cluster)
-    if gpus: client.run(_pin_gpu, gpus)
+    if gpus: client.run(_pin_gpu, gpus, gpus_per_worker)
     return client, cluster
 
 # %% ../nbs/70_experiments.ipynb #061f2fd3
@@ -1279,6 +1282,7 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
              report:bool=True, # write report.html (the executed report section of 70_experiments)
              rerun_stale:bool=False, # redo finished steps whose code changed since they ran (and the steps after them)
              publish=None, # a folder holding the design card's folders: publish the deployable files there (None: no publishing)
+             gpus_per_worker:int=1, # GPUs each local worker sees (a fine-tune with `processes: N` needs N)
              progress:bool=True)->pd.DataFrame: # print the plan and one line per stage and step
     "Run a grid on Dask, skipping finished steps; writes the summary, verdict and report; returns the summary (or, with dry_run, the plan)"
     if not scheduler and not (isinstance(workers, int) and workers >= 1): raise ValueError(f"workers={workers!r}: expected at least 1 local worker process")
@@ -1298,7 +1302,7 @@ def run_grid(grid=None, # grid file, YAML text or dict (None: `DEFAULT_GRID`)
     elif missing: raise FileNotFoundError(f"dataset folder(s) not found: {missing}; give the folder that holds the dataset (--root NAME=PATH)")
     if dry_run: return plan_table(plan, states)
     if threads is None and not scheduler: threads = max(1, (os.cpu_count() or 1)//workers)
-    client, cluster = connect(scheduler, workers, timeout)
+    client, cluster = connect(scheduler, workers, timeout, gpus_per_worker=gpus_per_worker)
     try:
         grid_dir.mkdir(parents=True, exist_ok=True)
         with _grid_lock(grid_dir):
@@ -1355,6 +1359,7 @@ def grid_cli(argv=None):
     p.add_argument('grid', nargs='?', default=None, help='grid YAML file (default: the embedded default grid)')
     p.add_argument('--grid_dir', default=None, help='grid folder (default: runs/grid-<time>); a rerun on it skips finished steps')
     p.add_argument('--workers', type=int, default=1, help='local Dask worker processes (default 1)')
+    p.add_argument('--gpus-per-worker', type=int, default=1, help='GPUs each local worker sees (default 1; N for `processes: N` fine-tuning)')
     p.add_argument('--scheduler', default=None, help='tcp://HOST:PORT of a Dask scheduler (its workers must share the grid folder)')
     p.add_argument('--threads', type=int, default=None, help='torch/OpenMP threads per step (default: cores / workers)')
     p.add_argument('--root', action='append', default=[], metavar='[NAME=]PATH',
@@ -1376,7 +1381,7 @@ def grid_cli(argv=None):
             except ValueError: p.error(f"--seeds {a.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
         summary = run_grid(load_grid(raw, 'the embedded default grid' if a.grid is None else name), a.grid_dir, a.workers,
                            a.scheduler, a.dry_run, a.threads, a.timeout, report=not a.no_report, rerun_stale=a.rerun_stale,
-                           publish=None if a.no_publish else a.publish or _checkout_folders())
+                           publish=None if a.no_publish else a.publish or _checkout_folders(), gpus_per_worker=a.gpus_per_worker)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ConnectionError, RuntimeError) as e: p.error(str(e))
     if a.dry_run: return
     print('\n' + format_summary(summary))
