@@ -4,7 +4,7 @@
 
 # %% ../nbs/70_experiments.ipynb #71186a8f
 from __future__ import annotations
-import os, re, sys, json, time, uuid, shutil, socket, hashlib, inspect, logging, datetime, traceback, contextlib, functools, itertools, dataclasses
+import os, re, sys, json, time, uuid, shutil, socket, hashlib, inspect, logging, datetime, tempfile, traceback, contextlib, functools, itertools, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Sequence
