@@ -330,13 +330,17 @@ class TrainConfig:
     amp: bool = True              # mixed precision on GPU (bf16 where supported, else fp16); CPU runs fp32
     augment: str = None           # training augmentation for `build_transform`: None | 'light' | 'timm'
     eval_batch_size: int = 128    # images per validation step and process
-    save_every: int = 50          # save resumable state every this many steps (0: at epoch ends only)
+    save_every: int = 0           # also save resumable state every this many steps (0: off; for tests and fixed schedules)
+    save_every_s: float = 600.0   # also save resumable state once this many seconds have passed since the last save (0: off)
     num_workers: int = 0          # DataLoader worker processes
     def __post_init__(self):
         SAMPLERS.get(self.sampler); SELECTION.get(self.select)
         for k in ('epochs', 'batch_size', 'eval_batch_size'):
             if getattr(self, k) < 1: raise ValueError(f"TrainConfig.{k}={getattr(self, k)}: expected at least 1")
-        for k in ('lr', 'weight_decay', 'warmup_epochs', 'min_lr_ratio', 'label_smoothing', 'grad_clip'):
+        for k in ('save_every', 'num_workers'):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ValueError(f"TrainConfig.{k}={v!r}: expected an integer >= 0")
+        for k in ('lr', 'weight_decay', 'warmup_epochs', 'min_lr_ratio', 'label_smoothing', 'grad_clip', 'save_every_s'):
             v = getattr(self, k)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0): raise ValueError(f"TrainConfig.{k}={v!r}: expected a finite number >= 0")
 
@@ -399,6 +403,7 @@ class _Progress:
     history: list = field(default_factory=list)
     best_epoch: int = 0; best_value: float = None; bad_epochs: int = 0
     done: bool = False; stopped_early: bool = False; seconds: float = 0.0
+    resumed_at_steps: list = field(default_factory=list)   # global steps at which the run continued from saved state
 
 def _rng_state()->dict:
     s = np.random.get_state()
@@ -417,7 +422,7 @@ def _tensor_bytes(v:torch.Tensor)->bytes: return v.detach().cpu().reshape(-1).co
 def run_fingerprint(model:nn.Module, train:SplitData, val:SplitData, cfg:TrainConfig, classes, groups, world:int)->str:
     "A hash of what decides a run: model spec and initial weights, config, class/group names, split ids, world size"
     h = hashlib.sha256()
-    c = {k: v for k, v in asdict(cfg).items() if k not in ('save_every', 'num_workers')}
+    c = {k: v for k, v in asdict(cfg).items() if k not in ('save_every', 'save_every_s', 'num_workers')}
     h.update(json.dumps(dict(spec=getattr(model, 'fq_spec', None), cfg=c, classes=list(classes), groups=list(groups), world=world,
                              train=train.table.image_id.tolist(), val=val.table.image_id.tolist()), sort_keys=True, default=str).encode())
     for k, v in model.state_dict().items(): h.update(k.encode()); h.update(_tensor_bytes(v))
@@ -469,9 +474,19 @@ def _load_state(d:Path, fp:str, acc, model, opt, sched):
     return _Progress(**s['progress']), dict(loss_sum=float(r['loss_sum']), n_seen=int(r['n_seen'])), best
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #4c99ef13
+_clock = time.monotonic   # the clock of `save_every_s` (the tests replace it with a fake one)
+
+def _save_due(cfg:TrainConfig, st:_Progress, since:float, acc)->bool:
+    "Whether a resume save is due after this step: every `save_every` steps, or `save_every_s` seconds after the last save (on all processes alike)"
+    if cfg.save_every and st.global_step % cfg.save_every == 0: return True
+    if not cfg.save_every_s: return False
+    late = _clock() - since >= cfg.save_every_s
+    if acc.num_processes == 1: return late
+    return acc.reduce(torch.tensor([float(late)], device=acc.device), 'sum').item() > 0   # saving is collective: one clock firing saves on all
+
 def _train_epoch(model, opt, sched, crit, train:SplitData, cfg:TrainConfig, st:_Progress, run:dict, weights, acc,
-                 save:Callable, callbacks:Sequence[Callable], progress:bool, desc:str):
-    "Train the rest of epoch `st.epoch` from batch `st.step` on"
+                 save:Callable|None, callbacks:Sequence[Callable], progress:bool, desc:str):
+    "Train the rest of epoch `st.epoch` from batch `st.step` on (`save`: None when the run is not resumable)"
     order = epoch_order(len(train), cfg.seed, st.epoch, weights)
     batches = epoch_batches(order, cfg.batch_size, cfg.seed, st.epoch, acc.process_index, acc.num_processes)
     loader = DataLoader(Indexed(train.dataset), batch_sampler=batches[st.step:], num_workers=cfg.num_workers,
@@ -490,7 +505,7 @@ def _train_epoch(model, opt, sched, crit, train:SplitData, cfg:TrainConfig, st:_
         st.step += 1; st.global_step += 1
         run['loss_sum'] += loss.item()*len(y); run['n_seen'] += len(y); run['touched'].update(i.tolist())
         bar.update(); bar.set_postfix(loss=f"{run['loss_sum']/run['n_seen']:.3f}")
-        if cfg.save_every and st.global_step % cfg.save_every == 0: save()
+        if save is not None and _save_due(cfg, st, run['saved_at'], acc): save()
         for cb in callbacks: cb('step', st, dict(loss=loss.item()))
     bar.close()
 
@@ -523,6 +538,7 @@ class FitResult:
     stopped_early: bool
     seconds: float             # training + validation time over all epochs (including before a resume)
     touched: dict              # {'train': ids sampled by this process, 'val': ids predicted}
+    resumed_at_steps: list = field(default_factory=list)   # global steps at which the run continued from saved state ([]: ran through)
 
 def _check_splits(train:SplitData, val:SplitData, groups:Sequence[str]=None):
     if (train.name, val.name) != ('train', 'val'): raise ValueError(f"fit takes the train and val splits, got {train.name!r} and {val.name!r}")
@@ -555,17 +571,23 @@ def fit(model:nn.Module, # built by `build_model`; receives the selected weights
     if state_dir is not None:
         state_dir = Path(state_dir); state_dir.mkdir(parents=True, exist_ok=True)
         loaded = _load_state(state_dir, fp, acc, model, opt, sched)
-        if loaded: st, sums, best = loaded; run.update(sums)
+        if loaded:
+            st, sums, best = loaded; run.update(sums); st.resumed_at_steps.append(st.global_step)
+            if acc.is_main_process: print(f"{desc}resuming from the saved state: epoch {st.epoch+1}/{cfg.epochs}, step {st.step} (global step {st.global_step})")
         else: _clear_state(state_dir, acc)
     run['touched'] = set()
     model, opt = acc.prepare(model, opt)
     val_loader = acc.prepare(DataLoader(Indexed(val.dataset), batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
                                         generator=torch.Generator()))
     crit, weights = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing), SAMPLERS.get(cfg.sampler)(train.table)
-    save = (lambda: _save_state(state_dir, fp, st, run, best, acc, model, opt, sched)) if state_dir is not None else (lambda: None)
+    def save():
+        "Write the resumable state (when there is a `state_dir`) and restart the `save_every_s` clock"
+        if state_dir is not None: _save_state(state_dir, fp, st, run, best, acc, model, opt, sched)
+        run['saved_at'] = _clock()
+    run['saved_at'] = _clock()
     while not st.done:
         t0 = time.time()
-        _train_epoch(model, opt, sched, crit, train, cfg, st, run, weights, acc, save, callbacks, progress, desc)
+        _train_epoch(model, opt, sched, crit, train, cfg, st, run, weights, acc, save if state_dir is not None else None, callbacks, progress, desc)
         m, _ = evaluate(model, val_loader, val, classes, groups, acc)
         if _end_epoch(st, run, m, cfg, sched.get_last_lr()[0], time.time() - t0, acc):
             best = {k: v.detach().cpu().clone().contiguous() for k, v in acc.unwrap_model(model).state_dict().items()}
@@ -582,7 +604,7 @@ def _finish(model, best, val_loader, val, classes, groups, acc, st, run, train)-
         print(f"note: re-evaluating the selected weights gave val accuracy {m['acc']:.6f}, epoch {st.best_epoch} recorded {row['val_acc']:.6f}")
     touched = dict(train=train.table.image_id.iloc[sorted(run['touched'])].tolist(), val=preds.image_id.tolist())
     acc.unwrap_model(model).eval()
-    return FitResult(pd.DataFrame(st.history), st.best_epoch, m, preds, st.stopped_early, st.seconds, touched)
+    return FitResult(pd.DataFrame(st.history), st.best_epoch, m, preds, st.stopped_early, st.seconds, touched, list(st.resumed_at_steps))
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #7c2b3385
 CHECKPOINT_FORMAT = 'fairquant-checkpoint/1'
@@ -728,7 +750,8 @@ def _write_outputs(model, res:FitResult, ds:GroupDataset, cfg:TrainConfig, d:Pat
     used = dict(train=len(train), val=len(val), train_ids_sha1=_ids_sha1(train.table), val_ids_sha1=_ids_sha1(val.table))
     w, j = save_checkpoint(model, d/stem, ds.classes, ds.groups, train_config=asdict(cfg), selection=sel,
                            val_metrics=_metrics_json(res.metrics), history=hist, dataset=dict(ds.identity(), used=used),
-                           seed=cfg.seed, world_size=world, train_seconds=res.seconds)
+                           seed=cfg.seed, world_size=world, train_seconds=res.seconds,
+                           resumed_at_steps=res.resumed_at_steps)
     save_csv(res.predictions, d/'val_predictions.csv'); save_csv(res.history, d/'history.csv')
     axs = plot_curves(res.history, ds.groups, tag, res.best_epoch)
     save_figure(axs[0].figure, d/'curves.png'); plt.close(axs[0].figure)

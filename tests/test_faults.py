@@ -192,14 +192,22 @@ def _finetune(ds, out:Path):
 def _ft_outputs(d:Path)->dict:
     "What must match: weights (tensor bytes + header values), val predictions (bytes), history and sidecar without timing"
     h = pd.read_csv(d/'history.csv'); h = h.drop(columns=[c for c in h.columns if 'second' in c])
-    side = {k: v for k, v in json.loads((d/'vit_mini_synthetic.json').read_text()).items() if k not in ('train_seconds', 'history', 'git_commit', 'weights')}
+    side = {k: v for k, v in json.loads((d/'vit_mini_synthetic.json').read_text()).items()
+            if k not in ('train_seconds', 'history', 'git_commit', 'weights', 'resumed_at_steps')}
     return dict(weights=_tensors_and_header(d/'vit_mini_synthetic.safetensors'), preds=(d/'val_predictions.csv').read_bytes(),
                 history=h.to_dict('list'), sidecar=side)
 
-def test_finetune_killed_then_resumed_identical(tmp_path, run, ds):
+@pytest.fixture(scope='module')
+def ft_want(tmp_path_factory, ds):
+    "The outputs of an uninterrupted fine-tuning run"
+    out = tmp_path_factory.mktemp('ft_ref')
+    _finetune(ds, out)
+    assert json.loads((out/'vit_mini'/'vit_mini_synthetic.json').read_text())['resumed_at_steps'] == []
+    return _ft_outputs(out/'vit_mini')
+
+def test_finetune_killed_then_resumed_identical(tmp_path, run, ds, ft_want):
     "Killed at step 5 (state saved at step 4): no checkpoint published; the rerun resumes at step 4 and ends with the same weights"
-    _finetune(ds, tmp_path/'ref')
-    want = _ft_outputs(tmp_path/'ref'/'vit_mini')
+    want = ft_want
     out = tmp_path/'killed'
     code, log = _child('finetune', run=str(run), out=str(out), kill_after_step=5, **FT)
     assert code == KILLED, log[-2000:]
@@ -211,6 +219,21 @@ def test_finetune_killed_then_resumed_identical(tmp_path, run, ds):
                    callbacks=[lambda ev, st, info: seen.append(st.global_step) if ev == 'step' else None])
     assert seen[0] == 5, "resumed after the saved step 4, not from scratch"
     assert _ft_outputs(out/'vit_mini') == want
+    assert not (out/'vit_mini'/'resume').exists() and _temps(out) == []
+
+def test_finetune_killed_after_a_time_triggered_save_resumed_identical(tmp_path, run, ds, ft_want):
+    "Issue 19 item 3: saved by time only (save_every=0, save_every_s tiny: after every step), killed at step 3, mid-epoch; the rerun, with other save settings (not part of the run's identity), resumes there and matches"
+    out = tmp_path/'killed'
+    code, log = _child('finetune', run=str(run), out=str(out), kill_after_step=3, **dict(FT, cfg=dict(FT['cfg'], save_every=0, save_every_s=1e-9)))
+    assert code == KILLED, log[-2000:]
+    assert json.loads((out/'vit_mini'/'resume'/'state.json').read_text())['progress']['global_step'] == 3   # no step or epoch trigger at 3
+    seen = []
+    from fairquant.finetune import finetune_model, TrainConfig
+    finetune_model(ds, 'vit_mini', TrainConfig(**FT['cfg']), out, 32, None, {'crop_pct': 1.0}, FT['n_train'], FT['n_val'], progress=False,
+                   callbacks=[lambda ev, st, info: seen.append(st.global_step) if ev == 'step' else None])
+    assert seen[0] == 4, "resumed after the time-triggered save of step 3, not from scratch"
+    assert _ft_outputs(out/'vit_mini') == ft_want
+    assert json.loads((out/'vit_mini'/'vit_mini_synthetic.json').read_text())['resumed_at_steps'] == [3]
     assert not (out/'vit_mini'/'resume').exists() and _temps(out) == []
 
 # ------------------------------------------------------------------------------------------------------------------ QAT
