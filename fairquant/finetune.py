@@ -33,8 +33,8 @@ __all__ = ['MODEL_PRESETS', 'TORCHVISION_MODELS', 'WEIGHT_FILES', 'CACHE_LIMIT',
            'classifier_keys', 'load_pretrained', 'SplitData', 'CachedDataset', 'split_data', 'epoch_order',
            'epoch_batches', 'Indexed', 'TrainConfig', 'warmup_cosine', 'get_accelerator', 'predict', 'evaluate',
            'run_fingerprint', 'FitResult', 'fit', 'checkpoint_paths', 'save_checkpoint', 'Checkpoint', 'check_weights',
-           'load_checkpoint', 'plot_curves', 'val_group_table', 'finetune_model', 'update_index', 'train_cli',
-           'example_run']
+           'load_checkpoint', 'plot_curves', 'val_group_table', 'finetune_model', 'update_index', 'model_arg',
+           'train_cli', 'accelerate_command', 'launch_finetune', 'example_run']
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #e4736a5d
 MODEL_PRESETS = Registry('model preset')
@@ -811,7 +811,8 @@ def _none_or(t): return lambda s: None if str(s).lower() in ('none', '') else t(
 def _cli_parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='fairquant-finetune', description=finetune_model.__doc__ + ' (dataset from RUN_DIR/00_datasets)')
     p.add_argument('--run_dir', required=True, help='run folder: reads 00_datasets/, writes 10_finetune_vit_swin/')
-    p.add_argument('--model', required=True, help=f'{_known_names()}')
+    p.add_argument('--model', required=True, help=f"{_known_names()}; or a model as JSON, as in the stage's `models` list: "
+                   '\'{"name": "vit_mini", "tag": "vit_p8", "kwargs": {"patch_size": 8}, "train": {"lr": 0.002}}\'')
     p.add_argument('--tag', default=None, help='checkpoint name (default: the model name)')
     p.add_argument('--img_size', type=_none_or(int), default=None, help='input side in pixels')
     p.add_argument('--pretrained', default=None, help="none | hub | a local weights file or checkpoint folder")
@@ -820,20 +821,31 @@ def _cli_parser()->argparse.ArgumentParser:
     p.add_argument('--n_val', type=int, default=0, help='val images used (0: all)')
     p.add_argument('--export_dir', default=None, help='also copy the checkpoint here')
     p.add_argument('--no_resume', action='store_true', help='do not keep resumable state')
-    types = dict(int=int, float=float, bool=_str2bool, str=_none_or(str))
-    for f in dataclasses.fields(TrainConfig):
-        p.add_argument(f'--{f.name}', type=types[f.type if isinstance(f.type, str) else f.type.__name__], default=f.default, help=f'TrainConfig.{f.name} (default {f.default})')
+    types = dict(int=int, float=float, bool=_str2bool, str=str)
+    for f in dataclasses.fields(TrainConfig):   # 'none' means None only where None is the default (augment), not the sampler named 'none'
+        t = types[f.type if isinstance(f.type, str) else f.type.__name__]
+        p.add_argument(f'--{f.name}', type=_none_or(t) if f.default is None else t, default=f.default, help=f'TrainConfig.{f.name} (default {f.default})')
     return p
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #55c5279b
+def model_arg(s:str, # `--model`: a name, or a JSON object with at least a name
+              tag:str=None)->dict: # `--tag` (replaces the JSON's)
+    "The model of the command line as the stage's `models` entries are: {name, tag, kwargs, train, ...}"
+    if s.lstrip().startswith('{'):
+        try: m = json.loads(s)
+        except json.JSONDecodeError as e: raise ValueError(f"--model {s!r}: not valid JSON ({e.msg} at character {e.pos})") from None
+        if not isinstance(m.get('name'), str): raise ValueError(f"--model {s!r}: a model given as JSON needs a \"name\" (a string)")
+    else: m = dict(name=s)
+    return dict(m, **({'tag': tag} if tag else {}))
+
 def train_cli(argv:Sequence[str]=None)->dict:
     "Command line: fine-tune one model on a run folder's dataset (plainly, or under `accelerate launch`)"
     a = _cli_parser().parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+    model = model_arg(a.model, a.tag)
     acc = get_accelerator(cfg.amp)
     with acc.main_process_first(): ds = open_stage_dataset(a.run_dir)
     out = stage_dir(a.run_dir, '10_finetune_vit_swin')
-    model = dict(name=a.model, **({'tag': a.tag} if a.tag else {}))
     row = finetune_model(ds, model, cfg, out, a.img_size, a.pretrained, {'crop_pct': a.crop_pct} if a.crop_pct else None,
                          a.n_train or None, a.n_val or None, a.export_dir, not a.no_resume, acc)
     if acc.is_main_process:
@@ -843,6 +855,45 @@ def train_cli(argv:Sequence[str]=None)->dict:
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #23c7f11f
 if __name__ == '__main__' and Path(sys.argv[0]).name == 'finetune.py': train_cli()
+
+# %% ../nbs/10_finetune_vit_swin.ipynb #5a482ff5
+def _flag(v)->str: return 'none' if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+def _free_port()->int:
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+def accelerate_command(run_dir, model:str|dict, cfg:TrainConfig, processes:int, # processes: one per GPU (CPU processes without CUDA)
+                       img_size:int=None, pretrained=None, crop_pct:float=None, n_train:int=None, n_val:int=None, export_dir=None,
+                       port:int=None)->list: # the main process's port (None: a free one)
+    "The `accelerate launch` command line that fine-tunes `model` data-parallel on `processes` processes"
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1: raise ValueError(f"processes={processes!r}: expected an integer ≥ 1")
+    if torch.cuda.is_available() and processes > torch.cuda.device_count():
+        raise ValueError(f"processes={processes}: only {torch.cuda.device_count()} GPU(s) visible (CUDA_VISIBLE_DEVICES="
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES')!r}); one process per GPU (in a grid: --gpus-per-worker {processes})")
+    m = json.dumps(model) if isinstance(model, dict) else str(model)
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', str(processes), '--num_machines', '1',
+           '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port', str(port or _free_port()),
+           '-m', 'fairquant.finetune', '--run_dir', str(run_dir), '--model', m]
+    for k, v in dict(img_size=img_size, pretrained=pretrained, crop_pct=crop_pct, n_train=n_train or 0, n_val=n_val or 0, export_dir=export_dir).items():
+        if v is not None: cmd += [f'--{k}', _flag(v)]
+    for f in dataclasses.fields(TrainConfig): cmd += [f'--{f.name}', _flag(getattr(cfg, f.name))]
+    return cmd
+
+def launch_finetune(run_dir, model:str|dict, cfg:TrainConfig, processes:int, img_size:int=None, pretrained=None, crop_pct:float=None,
+                    n_train:int=None, n_val:int=None, export_dir=None)->dict: # the model's row of checkpoints.json
+    "Fine-tune one model under `accelerate launch` on `processes` processes, its output printed as it comes; its checkpoints.json row"
+    import subprocess
+    tag = model_spec(model, img_size)['tag']
+    cmd = accelerate_command(run_dir, model, cfg, processes, img_size, pretrained, crop_pct, n_train, n_val, export_dir)
+    print(f"{tag}: accelerate launch on {processes} processes", flush=True)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1')) as p:
+        for line in p.stdout: print(line, end='', flush=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"fine-tuning {tag} under accelerate launch on {processes} processes failed (exit {p.returncode}; its output is above): {' '.join(cmd)}")
+    rows = [r for r in load_json(Path(run_dir)/'10_finetune_vit_swin'/'checkpoints.json')['checkpoints'] if r['tag'] == tag]
+    if not rows: raise RuntimeError(f"accelerate launch of {tag} ended without error but {Path(run_dir)/'10_finetune_vit_swin'/'checkpoints.json'} has no row {tag!r}")
+    return rows[0]
 
 # %% ../nbs/10_finetune_vit_swin.ipynb #d786a257
 def _code_key()->str:

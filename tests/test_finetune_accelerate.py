@@ -108,3 +108,23 @@ def test_cli_refuses_run_folder_without_dataset(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "no output of stage 00_datasets" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path/'00_datasets').exists() and not (tmp_path/'10_finetune_vit_swin').exists()
+
+
+def test_stage_launches_two_processes(tmp_path, capfd):
+    """Stage 10's `processes: 2` (what a grid's params set): the stage launches accelerate itself with the model as
+    JSON and every TrainConfig field, prints the launched output, and returns the row the launched main process wrote"""
+    import torch
+    from fairquant.finetune import TrainConfig, launch_finetune
+    if torch.cuda.is_available(): pytest.skip('a GPU is present: this test is about two CPU processes')
+    run = _run_dir(tmp_path)
+    cfg = TrainConfig(epochs=2, batch_size=16, eval_batch_size=16, save_every=3)
+    env = os.environ.get('OMP_NUM_THREADS')
+    os.environ['OMP_NUM_THREADS'] = '1'
+    try: row = launch_finetune(run, {'name': 'swin_mini', 'train': {'lr': 0.003}}, cfg, 2, img_size=32, crop_pct=1.0)
+    finally:
+        if env is None: os.environ.pop('OMP_NUM_THREADS', None)
+        else: os.environ['OMP_NUM_THREADS'] = env
+    assert 'swin_mini: accelerate launch on 2 processes' in capfd.readouterr().out
+    meta = _check_outputs(run, world=2)
+    assert row['tag'] == 'swin_mini' and meta['train_config']['lr'] == 0.003 and meta['train_config']['save_every'] == 3
+    assert meta['train_config']['sampler'] == 'none'   # the launched processes parse the same config the stage holds
