@@ -4,7 +4,7 @@
 
 # %% ../nbs/20_importance.ipynb #a1000002
 from __future__ import annotations
-import os, json, math, time, bisect, shutil, hashlib, tempfile, contextlib, warnings, weakref
+import os, sys, json, math, time, bisect, ctypes, shutil, hashlib, tempfile, contextlib, warnings, weakref
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,12 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_weight
 from torch.nn.attention import sdpa_kernel, SDPBackend
+from torch.utils.data import DataLoader, Subset
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .core import (scratch_dir, write_safetensors, Registry, atomic_path, temp_dir_beside, replace_dir, save_json, load_json, save_csv, save_figure, stage_dir,
-                            require_stage, git_commit)
+                            require_stage, git_commit, resolve_device, check_size)
 from .datasets import GroupDataset, build_transform, open_stage_dataset
 from .finetune import load_checkpoint, Checkpoint
 
@@ -192,16 +193,36 @@ def _by_group(x, y, g)->tuple:
     ks, counts = torch.unique_consecutive(g[order], return_counts=True)
     return x[order], y[order], g[order], ks.tolist(), counts, [0] + counts.cumsum(0).tolist()
 
+# %% ../nbs/20_importance.ipynb #1e747563
+def _madvise():
+    "libc's `madvise` (Linux), or None"
+    if not sys.platform.startswith('linux'): return None
+    try: f = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError): return None
+    f.argtypes, f.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return f
+
+_MADVISE, _HUGE, _MADV_HUGEPAGE = _madvise(), 2 << 20, 14   # 2 MiB huge pages (x86-64, arm64 with 4 KiB pages)
+
+def _fresh(shape:tuple, device)->torch.Tensor:
+    "`torch.empty(shape)` in float32; on a Linux CPU, its whole 2 MiB pages backed by transparent huge pages where the kernel allows (a hint)"
+    t = torch.empty(shape, dtype=torch.float32, device=device)
+    if _MADVISE is not None and t.device.type == 'cpu' and t.nbytes >= 2*_HUGE:
+        p = t.data_ptr()
+        a, b = -(-p//_HUGE)*_HUGE, (p + t.nbytes)//_HUGE*_HUGE
+        if b > a: _MADVISE(a, b - a, _MADV_HUGEPAGE)   # refused (huge pages off): 4 KiB pages, as without it
+    return t
+
 # %% ../nbs/20_importance.ipynb #db2da752
 class _Maps:
     "Per-layer (G, *W.shape) float32 sums; a slot is written by its first contribution, never-seen groups are zero"
-    def __init__(self, layers:dict, n_groups:int=None): self.layers, self.G, self.buf, self.written = layers, n_groups or 0, {}, set()
+    def __init__(self, layers:dict, n_groups:int=None): self.layers, self.G, self.buf, self.written, self.aside = layers, n_groups or 0, {}, set(), {}
     def reserve(self, G:int):
         "Room for groups 0..G-1 (grows, keeping what was summed)"
         if G <= self.G and self.buf: return
         self.G = max(G, self.G)
         for n, m in self.layers.items():
-            new = torch.empty(self.G, *m.weight.shape, dtype=torch.float32, device=m.weight.device)
+            new = _fresh((self.G, *m.weight.shape), m.weight.device)
             if n in self.buf: new[:len(self.buf[n])] = self.buf[n]
             self.buf[n] = new
     def add(self, n:str, k:int, t:torch.Tensor):
@@ -209,10 +230,11 @@ class _Maps:
         if (n, k) in self.written: self.buf[n][k].add_(t)
         else: self.buf[n][k].copy_(t); self.written.add((n, k))
     def block(self, n:str, ks:list)->list:
-        "[a (len(ks), *W.shape) tensor to compute into, whether it is the sums' own storage, False]"
+        "[a (len(ks), *W.shape) tensor to compute into, whether it is the sums' own storage, False]; the room aside is reused from batch to batch"
         if ks == list(range(ks[0], ks[0] + len(ks))) and not any((n, k) in self.written for k in ks):
             return [self.buf[n][ks[0]:ks[0] + len(ks)], True, False]   # first contribution: compute in place
-        return [torch.empty(len(ks), *self.buf[n].shape[1:], dtype=torch.float32, device=self.buf[n].device), False, False]
+        if n not in self.aside or len(self.aside[n]) < len(ks): self.aside[n] = _fresh((self.G, *self.buf[n].shape[1:]), self.buf[n].device)
+        return [self.aside[n][:len(ks)], False, False]
     def put(self, n:str, ks:list, t:torch.Tensor, direct:bool):
         "Record a block from `block` once scored"
         if direct: self.written.update((n, k) for k in ks)
@@ -258,15 +280,16 @@ def _first_order_batch(layers:dict, model:nn.Module, fn, x, y, g, maps:_Maps, su
         for n, (t, direct, _) in blocks.items(): maps.put(n, ks, t, direct)
 
 # %% ../nbs/20_importance.ipynb #e28302d2
-def _rademacher(shape:torch.Size, gen:torch.Generator, dtype=torch.float32)->torch.Tensor:
-    "A ±1 tensor of i.i.d. fair signs: the bits of uniform random bytes (one draw per 8 signs)"
-    n, bits = math.prod(shape), torch.arange(8, dtype=torch.uint8, device=gen.device)
-    b = torch.randint(0, 256, ((n + 7)//8,), generator=gen, dtype=torch.uint8, device=gen.device)
+def _rademacher(shape:torch.Size, gen:torch.Generator, dtype=torch.float32, device=None)->torch.Tensor:
+    "A ±1 tensor of i.i.d. fair signs on `device` (default: gen's): the bits of uniform random bytes drawn from `gen` (one draw per 8 signs)"
+    n, device = math.prod(shape), device or gen.device
+    b = torch.randint(0, 256, ((n + 7)//8,), generator=gen, dtype=torch.uint8, device=gen.device).to(device)
+    bits = torch.arange(8, dtype=torch.uint8, device=device)
     return ((b[:, None] >> bits) & 1).flatten()[:n].view(shape).to(dtype).mul_(2).sub_(1)
 
 def _probes(ws:list, samples:int, gen:torch.Generator)->list:
-    "`samples` Rademacher probes, each one ±1 tensor per weight in `ws`"
-    return [[_rademacher(w.shape, gen, w.dtype) for w in ws] for _ in range(samples)]
+    "`samples` Rademacher probes, each one ±1 tensor per weight in `ws` (on its device; the bytes come from `gen`, so a CPU generator gives the same signs on any device)"
+    return [[_rademacher(w.shape, gen, w.dtype, w.device) for w in ws] for _ in range(samples)]
 
 # %% ../nbs/20_importance.ipynb #64b29ec9
 def _hawq_per_group(layers:dict, model:nn.Module, fn, x, y, g, maps:_Maps, probes:list):
@@ -368,7 +391,26 @@ def _check_batch(i:int, batch, n_groups:int|None, device)->tuple:
     if len(x) == 0: raise ValueError(f"batch {i}: no images")
     if g.is_floating_point() or g.min() < 0 or (n_groups is not None and g.max() >= n_groups):
         raise ValueError(f"batch {i}: group indices must be integers in [0, {n_groups if n_groups is not None else 'G'}), got {sorted(set(g.tolist()))}")
-    return x.to(device), y.to(device).long(), g.to(device).long()
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True).long(), g.to(device, non_blocking=True).long()
+
+# %% ../nbs/20_importance.ipynb #e8248313
+def _tf32_flags()->list:
+    "(object, attribute) of the settings that let CUDA matrix products and convolutions run float32 in TF32"
+    b = torch.backends
+    if hasattr(b.cudnn, 'conv') and hasattr(b.cuda.matmul, 'fp32_precision'):   # torch ≥ 2.9: reading the old flags after the new ones were set raises
+        return [(b.cuda.matmul, 'fp32_precision'), (b.cudnn.conv, 'fp32_precision')]
+    return [(b.cuda.matmul, 'allow_tf32'), (b.cudnn, 'allow_tf32')]
+
+@contextlib.contextmanager
+def _full_float32(device):
+    "On CUDA, float32 matrix products and convolutions in full float32 for the duration (cuDNN uses TF32 by default); the settings restored after"
+    if torch.device(device).type != 'cuda': yield; return
+    flags = _tf32_flags()
+    saved = [getattr(o, a) for o, a in flags]
+    for o, a in flags: setattr(o, a, 'ieee' if a == 'fp32_precision' else False)
+    try: yield
+    finally:
+        for (o, a), v in zip(flags, saved): setattr(o, a, v)
 
 # %% ../nbs/20_importance.ipynb #9a215c27
 def group_importance(model:nn.Module, # a classifier returning logits; handed back unchanged
@@ -376,16 +418,16 @@ def group_importance(model:nn.Module, # a classifier returning logits; handed ba
                      metric:str='gradient', # a `METRICS` key: gradient | grape | hawq
                      n_groups:int=None, # G; None: the largest group index seen + 1
                      hawq_samples:int=8, # Hutchinson probes per batch, shared by its groups (hawq only)
-                     seed:int=0, # seeds the Hutchinson probes (hawq only; the global RNG is not touched)
+                     seed:int=0, # seeds the Hutchinson probes (hawq only; drawn on the CPU: the same signs on any device; the global RNG is not touched)
                      progress:bool=False)->dict: # {weight name: Tensor(G, *W.shape) float32}
-    "Per-group importance of every Conv2d and Linear weight, summed over `batches`"
+    "Per-group importance of every Conv2d and Linear weight, summed over `batches`, where the model is (maps on that device)"
     fn, layers = METRICS.get(metric), target_layers(model)
     if not layers: raise ValueError(f"{type(model).__name__} has no Conv2d or Linear weight to score")
     second = getattr(fn, 'second_order', False)
     if second and hawq_samples < 1: raise ValueError(f"hawq_samples={hawq_samples}: need at least 1 Hutchinson probe")
     dev, ws = next(model.parameters()).device, [m.weight for m in layers.values()]
-    gen, maps, nb = torch.Generator(device=dev).manual_seed(seed), _Maps(layers, n_groups), 0
-    with untouched(model), torch.enable_grad():
+    gen, maps, nb = torch.Generator().manual_seed(seed), _Maps(layers, n_groups), 0
+    with untouched(model), torch.enable_grad(), _full_float32(dev):
         for i, b in enumerate(tqdm(batches, desc=f'importance ({metric})', disable=not progress, leave=False)):
             x, y, g = _check_batch(i, b, n_groups, dev)
             maps.reserve(int(g.max()) + 1)
@@ -523,19 +565,19 @@ def calibration_rows(table:pd.DataFrame, # rows of one split (label, group)
 def calibration_batches(ds:GroupDataset, # the stage dataset
                         split:str='train', # 'train' or 'val' (never 'test')
                         transform=None, # image → tensor (the checkpoint's eval transform)
-                        n_batches:int=2, batch_size:int=16, balance:bool=True, seed:int=0)->tuple:
+                        n_batches:int=2, batch_size:int=16, balance:bool=True, seed:int=0,
+                        workers:int=0, # DataLoader worker processes reading and transforming the images (0: this process)
+                        pin_memory:bool=False)->tuple: # page-locked batches, for fast copies to a GPU
     "(list of (x, y, g) batches, the table rows used) from one calibration split"
     if split == 'test': raise ValueError("split='test' is refused: calibration images must not come from the split we report on; use 'train' or 'val'")
     if split not in CALIBRATION_SPLITS: raise ValueError(f"split={split!r}: expected one of {list(CALIBRATION_SPLITS)}")
     rows = ds.split(split)
     if len(rows) == 0: raise ValueError(f"dataset {ds.name!r}: split {split!r} has no images, nothing to calibrate on")
     if n_batches < 1 or batch_size < 1: raise ValueError(f"n_batches={n_batches}, batch_size={batch_size}: both must be at least 1")
+    workers = check_size('workers', workers, 0, ' (DataLoader worker processes; 0: images read in this process)')
     pos = calibration_rows(rows, n_batches*batch_size, balance, seed, batch_size)
-    items = ds.torch_dataset(split, transform)
-    batches = []
-    for i in range(0, len(pos), batch_size):
-        xs, ys, gs = zip(*(items[int(j)] for j in pos[i:i + batch_size]))
-        batches.append((torch.stack(xs), torch.tensor(ys), torch.tensor(gs)))
+    items = Subset(ds.torch_dataset(split, transform), pos.tolist())   # in batch order: no shuffling, no sampler
+    batches = [tuple(b) for b in DataLoader(items, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory)]
     return batches, rows.iloc[pos]
 
 # %% ../nbs/20_importance.ipynb #f9632d0b
@@ -550,11 +592,11 @@ def _sha1_ids(t:pd.DataFrame)->str: return hashlib.sha1('\n'.join(map(str, t.ima
 
 def calibration_draws(ds:GroupDataset, split:str='train', transform=None, n_batches:int=2, batch_size:int=16,
                       balance:bool=True, # the group-aware draw's; the blind draw is always in population proportions
-                      seed:int=0)->dict: # {'group_aware' | 'blind': (batches, description)}
+                      seed:int=0, workers:int=0, pin_memory:bool=False)->dict: # {'group_aware' | 'blind': (batches, description)}
     "The group-aware draw (balanced by default) and the group-blind one (a random sample, population proportions)"
     out = {}
     for name, bal in (('group_aware', balance), ('blind', False)):
-        batches, used = calibration_batches(ds, split, transform, n_batches, batch_size, bal, seed)
+        batches, used = calibration_batches(ds, split, transform, n_batches, batch_size, bal, seed, workers, pin_memory)
         out[name] = batches, draw_description(used, ds.groups, split=split, balance=bal, seed=seed, n_batches=len(batches))
     return out
 
@@ -624,11 +666,15 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
                               split:str='train', n_batches:int=2, batch_size:int=16, hawq_samples:int=2,
                               balance:bool=True, seed:int=0, # see `calibration_draws`, `group_importance`
                               checkpoint:str=None, # how the files name the checkpoint (default: its path)
-                              progress:bool=False)->dict: # the index entry (file names relative to dest's parent)
+                              progress:bool=False,
+                              device=None, # where the maps are computed (`core.resolve_device` name or torch device; None: where ck.model is)
+                              workers:int=0)->dict: # DataLoader worker processes for the calibration images; returns the index entry (file names relative to dest's parent)
     "Group-aware and group-blind importance maps, heatmap, disagreement table and summary for one checkpoint"
     dest = Path(dest); check_names(ck, ds)
     for m in metrics: METRICS.get(m)
-    draws = calibration_draws(ds, split, build_transform(ck.data_config), n_batches, batch_size, balance, seed)
+    home = next(ck.model.parameters()).device
+    dev = home if device is None else resolve_device(str(device))   # CUDA asked for where it is not usable: refused before any work
+    draws = calibration_draws(ds, split, build_transform(ck.data_config), n_batches, batch_size, balance, seed, workers, dev.type == 'cuda')
     (batches, aware), (blind_batches, blind_draw) = draws['group_aware'], draws['blind']
     groups = list(ds.groups)
     absent = [g for g, n in aware['images_per_group'].items() if n == 0]
@@ -636,20 +682,23 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
                                 f"({aware['n_images']} images drawn): their importance maps would be all zero, as if no weight mattered to them; "
                                 "expected every group among the calibration images (use balance=True, more batches, or the other split)")
     blind_batches = [(x, y, torch.zeros_like(g)) for x, y, g in blind_batches]   # one group: 'all'
+    on_dev = lambda bs: [tuple(t.to(dev, non_blocking=True) for t in b) for b in bs]   # moved once, used by every metric
+    to_cpu = lambda maps: {n: t.cpu() for n, t in maps.items()}   # the maps are saved, summed and drawn on the CPU
     common = dict(classes=list(ds.classes), checkpoint=str(checkpoint or ck.path), checkpoint_sha256=ck.meta['weights']['sha256'],
                   dataset_sha1=ds.identity()['table_sha1'],   # the dataset the maps were drawn from (stage 30 checks it)
                   model=ck.meta['model']['name'])
-    meta = dict(common, groups=groups, **aware)
-    blind_meta = dict(common, groups=['all'], blind=True, dataset_groups=groups, **blind_draw)   # images_per_group: real names
+    meta = dict(common, groups=groups, **aware, device=str(dev))
+    blind_meta = dict(common, groups=['all'], blind=True, dataset_groups=groups, **blind_draw, device=str(dev))   # images_per_group: real names
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir_beside(dest)   # host+pid in the name: a killed run's leftover is removed next time
     try:
+        ck.model.to(dev); batches, blind_batches = on_dev(batches), on_dev(blind_batches)
         fig, axs = plt.subplots(1, len(metrics), figsize=(2.2 + 2.4*len(metrics), 1.2 + 0.2*len(target_layers(ck.model))), squeeze=False)
         totals, timing, tables = {}, {}, []
         for i, metric in enumerate(metrics):
             extra = dict(metric=metric, hawq_samples=hawq_samples if metric == 'hawq' else None)
-            t0 = time.perf_counter(); imp = group_importance(ck.model, batches, metric, len(groups), hawq_samples, seed, progress)
-            t1 = time.perf_counter(); blind = group_importance(ck.model, blind_batches, metric, 1, hawq_samples, seed, progress)
+            t0 = time.perf_counter(); imp = to_cpu(group_importance(ck.model, batches, metric, len(groups), hawq_samples, seed, progress))
+            t1 = time.perf_counter(); blind = to_cpu(group_importance(ck.model, blind_batches, metric, 1, hawq_samples, seed, progress))
             timing[metric] = dict(group_aware_s=round(t1 - t0, 3), blind_s=round(time.perf_counter() - t1, 3))
             save_importance(imp, tmp/f'importance-{metric}.safetensors', **meta, **extra)
             save_importance(blind, tmp/f'importance-{metric}-blind.safetensors', **blind_meta, **extra)
@@ -667,13 +716,15 @@ def importance_for_checkpoint(ck:Checkpoint, # from `load_checkpoint`
         summary = dict(common, groups=groups, tag=dest.name, metrics=list(metrics), hawq_samples=hawq_samples, batch_size=batch_size,
                        draws=dict(group_aware=dict(aware, files=list(files['maps'].values())),
                                   blind=dict(blind_draw, files=list(files['blind'].values()))),
-                       timings=timing, totals=totals, files=files,
+                       device=str(dev), workers=workers, timings=timing, totals=totals, files=files,
                        disagreement_measure="1 - min over group pairs of |top-10% A ∩ top-10% B| / |top-10%|", git_commit=git_commit())
         save_json(summary, tmp/'summary.json')
         replace_dir(tmp, dest)   # the older maps stay until these are complete
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        ck.model.to(home)   # handed back where it was
+        shutil.rmtree(tmp, ignore_errors=True)
     return dict(tag=dest.name, checkpoint=common['checkpoint'], checkpoint_sha256=common['checkpoint_sha256'], model=common['model'],
-                classes=common['classes'], groups=groups, metrics=list(metrics), split=split, n_images=aware['n_images'], **files)
+                classes=common['classes'], groups=groups, metrics=list(metrics), split=split, n_images=aware['n_images'], device=str(dev), **files)
 
 # %% ../nbs/20_importance.ipynb #g7000004
 INDEX_FORMAT = 'fairquant-importance-index/1'
@@ -686,9 +737,13 @@ def run_importance(run_dir, # run folder: reads 00_datasets/ and 10_finetune_vit
                    metrics:Sequence[str]=('gradient', 'grape', 'hawq'), split:str='train', n_batches:int=2, batch_size:int=16,
                    hawq_samples:int=2, balance:bool=True, seed:int=0,
                    tags:Sequence[str]=None, # checkpoint tags to do (None: every one in checkpoints.json)
-                   progress:bool=True)->dict: # the index, as written to 20_importance/importance.json
+                   progress:bool=True,
+                   device:str='auto', # where the maps are computed (`core.resolve_device`: auto = CUDA when usable; CUDA asked for but not usable is an error)
+                   workers:int=0)->dict: # DataLoader worker processes for the calibration images; returns the index, as written to 20_importance/importance.json
     "Run the importance stage on a run folder"
     metrics, tags = _as_list(metrics), _as_list(tags)
+    dev = resolve_device(device)   # before any work: a GPU asked for and not usable is not a silent CPU run
+    check_size('workers', workers, 0, ' (DataLoader worker processes; 0: images read in this process)')
     if not metrics: raise ValueError(f"metrics={metrics!r}: no importance metric asked for; name at least one of {METRICS.names}")
     if tags is not None and not tags: raise ValueError(f"tags={tags!r}: an empty list of checkpoint tags would do nothing; "
                                                      "pass tags=None for every checkpoint in checkpoints.json, or name at least one")
@@ -709,6 +764,6 @@ def run_importance(run_dir, # run folder: reads 00_datasets/ and 10_finetune_vit
     for r in tqdm(rows, desc='checkpoints', disable=not progress):
         ck = load_checkpoint(ck_dir/r['weights'])
         index['tags'][r['tag']] = importance_for_checkpoint(ck, ds, out/r['tag'], metrics, split, n_batches, batch_size, hawq_samples,
-                                                            balance, seed, checkpoint=f"10_finetune_vit_swin/{r['weights']}")
+                                                            balance, seed, checkpoint=f"10_finetune_vit_swin/{r['weights']}", device=dev, workers=workers)
         save_json(index, index_file)
     return index

@@ -10,16 +10,16 @@ its message that a user needs (the file/row/option AND the expectation). Count t
 |---------------------------------------------|-------:|------------:|-------------:|-------------:|---------------:|-----------------------:|
 | datasets (CSV, images, archives, folders)   |     33 |          30 |         1(*) |            0 |        2(**)   |                      0 |
 | checkpoints (weights, sidecar, names)       |      8 |           8 |            0 |            0 |            0   |                      0 |
-| importance files, metrics, reducers (20)    |     19 |          19 |            0 |            0 |            0   |                      0 |
+| importance files, metrics, reducers (20)    |     22 |          22 |            0 |            0 |            0   |                      0 |
 | quantization config, bits, budgets (30)     |     21 |          20 |            0 |            1 |            0   |                      0 |
 | calibration folders and manifests (40)      |      7 |           7 |            0 |            0 |            0   |                      0 |
 | ONNX files (40/50)                          |      4 |           4 |            0 |            0 |            0   |                      0 |
 | per-image CSVs (60)                         |     23 |          23 |            0 |            0 |            0   |                      0 |
-| CLI arguments (fairquant-run, -finetune)    |     10 |          10 |            0 |            0 |            0   |                      0 |
+| CLI arguments (fairquant-run, -finetune)    |     13 |          13 |            0 |            0 |            0   |                      0 |
 | stage order (run folder missing a stage)    |      6 |           6 |            0 |            0 |            0   |                      0 |
 | validation split / table without a group    |      2 |           2 |            0 |            0 |            0   |                      0 |
 | sidecars, pairs, resume, sizes (41/45/50)   |     30 |          30 |            0 |            0 |            0   |                      0 |
-| **total**                                   |**163** |     **159** |    **1**(*) |        **1** |        **2**   |                  **0** |
+| **total**                                   |**169** |     **165** |    **1**(*) |        **1** |        **2**   |                  **0** |
 
 (**) Two inputs that were accepted silently and wrongly before (issue 21): a 16-bit greyscale PNG is now scaled to 8 bits (it
 saturated: 98 % of pixels became 255) and integer labels 0…10 are classes in numeric order (label 10 was index 2). The
@@ -350,6 +350,18 @@ def test_importance_run_with_an_empty_list(run, opt):
     frag = {'tags': ("tags=[]", "pass tags=None for every checkpoint"), 'metrics': ("metrics=[]", "name at least one of ['gradient', 'grape', 'hawq']")}[opt]
     _check(lambda: imp.run_importance(run, **{'metrics': ['gradient'], opt: []}), ValueError, *frag)
 
+@pytest.mark.parametrize('kw,exc,frag', [
+    (dict(device='gpu'), ValueError, ("device='gpu'", "expected auto, cpu, cuda or cuda:N")),
+    (dict(workers=-1), ValueError, ("workers=-1", "expected a whole number ≥ 0", "DataLoader worker processes")),
+    (dict(device='cuda'), RuntimeError, ("device='cuda'", "CUDA is not usable here", "use device='cpu' or 'auto'")),
+], ids=['device-gpu', 'workers-negative', 'cuda-unusable'])
+def test_importance_run_bad_device_or_workers(tmp_path, run, kw, exc, frag):
+    "Issue 19 item 3: stage 20's device and workers are checked before any work; CUDA asked for where none is usable is an error, not a CPU run"
+    if kw.get('device') == 'cuda' and torch.cuda.is_available(): pytest.skip('CUDA is usable here')
+    r = tmp_path/'r'; shutil.copytree(run/'00_datasets', r/'00_datasets'); shutil.copytree(run/'10_finetune_vit_swin', r/'10_finetune_vit_swin')
+    _check(lambda: imp.run_importance(r, ['gradient'], progress=False, **kw), exc, *frag)
+    assert not (r/'20_importance').exists()
+
 @pytest.mark.parametrize('bad', [float('nan'), float('inf')])
 def test_importance_file_not_finite(tmp_path, bad):
     "A map holding NaN or inf (written by other means) is refused when read, naming the file, the tensor and the group"
@@ -600,6 +612,16 @@ def test_cli_finetune_run_dir_without_datasets(tmp_path):
 def test_cli_finetune_bad_number(tmp_path, capsys):
     with pytest.raises(SystemExit) as e: train_cli(['--run_dir', str(tmp_path), '--model', 'vit_mini', '--epochs', 'two'])
     assert e.value.code == 2 and "--epochs: invalid int value: 'two'" in capsys.readouterr().err
+
+@pytest.mark.parametrize('opt,val,frag', [
+    ('--save_every_s', '-1', "TrainConfig.save_every_s=-1.0: expected a finite number >= 0"),
+    ('--save_every_s', 'nan', "TrainConfig.save_every_s=nan: expected a finite number >= 0"),
+    ('--save_every', '-2', "TrainConfig.save_every=-2: expected an integer >= 0"),
+], ids=['negative-seconds', 'nan-seconds', 'negative-steps'])
+def test_cli_finetune_bad_save_schedule(tmp_path, opt, val, frag):
+    "Issue 19 item 3: a resume-save schedule that is negative or NaN is refused naming the option, before the run folder is read"
+    _check(lambda: train_cli(['--run_dir', str(tmp_path/'r'), '--model', 'vit_mini', opt, val]), ValueError, frag)
+    assert not (tmp_path/'r').exists()
 
 # ------------------------------------------------------------------------------------------------------ stage order
 def test_order_importance_without_finetune(tmp_path, run):

@@ -120,3 +120,39 @@ def test_hawq_seeded_whatever_the_layout_cache():
     assert model in imp_mod._LAYOUTS
     again = group_importance(model, b, 'hawq', hawq_samples=2, seed=4)
     for n in first: fc.test_eq(first[n], again[n])
+
+def _stage_maps(run, idx):
+    from fairquant.importance import load_importance
+    return {(t, m, kind): load_importance(run/'20_importance'/e[kind][m])[0] for t, e in idx['tags'].items() for m in e['maps'] for kind in ('maps', 'blind')}
+
+def test_stage_device_cpu_and_auto(tmp_path):
+    "run_importance(device='cpu') and device='auto' (the CPU where no GPU is usable) give the same maps; the device is recorded everywhere"
+    from fairquant.finetune import example_run
+    from fairquant.importance import run_importance
+    from fairquant.core import load_json
+    runs, idx = {}, {}
+    for d, w in (('cpu', 0), ('auto', 1)):
+        runs[d] = example_run(tmp_path/d)
+        idx[d] = run_importance(runs[d], ['grape', 'hawq'], 'train', n_batches=1, batch_size=16, tags=['resnet18'], progress=False, device=d, workers=w)
+    want = 'cuda' if torch.cuda.is_available() else 'cpu'
+    fc.test_eq((idx['cpu']['tags']['resnet18']['device'], idx['auto']['tags']['resnet18']['device']), ('cpu', want))
+    fc.test_eq(load_json(runs['auto']/'20_importance'/idx['auto']['tags']['resnet18']['summary'])['device'], want)
+    a, b = _stage_maps(runs['cpu'], idx['cpu']), _stage_maps(runs['auto'], idx['auto'])
+    fc.test_eq(list(a), list(b))
+    for k in a:
+        for n in a[k]:
+            assert b[k][n].device.type == 'cpu'
+            if want == 'cpu': fc.test_eq(b[k][n], a[k][n])   # bit for bit
+            else: fc.test_close(b[k][n], a[k][n], eps=1e-3*max(a[k][n].abs().max().item(), 1e-12))   # float32 on the GPU, another summation order
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('arch', ['deit_mini', 'convnext_atto'])
+@pytest.mark.parametrize('metric', ['grape', 'hawq'])
+def test_gpu_maps_equal_cpu_maps(arch, metric):
+    "On a GPU: the same maps as on the CPU within float32 rounding (TF32 off), hawq with the same probes (drawn on the CPU), the model handed back"
+    torch.manual_seed(0)
+    model = ARCHS[arch]().eval()
+    b = [(torch.randn(7, 3, 32, 32), torch.randint(0, 5, (7,)), torch.tensor([0, 2, 0, 2, 2, 0, 0]))]
+    cpu = group_importance(model, b, metric, hawq_samples=2, seed=1)
+    gpu = group_importance(model.cuda(), b, metric, hawq_samples=2, seed=1)
+    for n in cpu: fc.test_close(gpu[n].cpu(), cpu[n], eps=1e-3*max(cpu[n].abs().max().item(), 1e-12))
