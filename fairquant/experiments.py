@@ -247,12 +247,12 @@ def _check_seeds(d, name)->list:
 EMBEDDED = ('synthetic',)   # the datasets the notebooks' small defaults are sized for
 
 REAL_SCALE = {   # what a stage runs with on any other dataset, unless the grid's `params` say otherwise
-    '10_finetune_vit_swin': dict(img_size=None, crop_pct=None, n_train=0, n_val=0, epochs=10, patience=3, batch_size=64),
-    '20_importance': dict(n_batches=32, batch_size=32, hawq_samples=4),
-    '30_mixed_precision': dict(n_train=0, n_val=0, batch_size=64),
+    '10_finetune_vit_swin': dict(img_size=None, crop_pct=None, n_train=0, n_val=0, epochs=10, patience=3, batch_size=64, num_workers=4),
+    '20_importance': dict(n_batches=32, batch_size=32, hawq_samples=4, workers=4),
+    '30_mixed_precision': dict(n_train=0, n_val=0, batch_size=64, workers=4),
     '40_onnx_int8': dict(calib_n=512, n_check=256),
     '45_fair_int8': dict(n_val=0, n_test=0, n_boot=1000),
-    '50_validation': dict(n=0),
+    '50_validation': dict(n=0, workers=4),
     '60_bias_analysis': dict(n_boot=1000)}
 
 def resolve_root(root)->str|None:

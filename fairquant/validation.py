@@ -442,10 +442,12 @@ def validate_runs(run_dir, # the run folder
                   export_dir=None, # also copy each CSV here
                   threads:int=None, # onnxruntime intra-op threads for ONNX models
                   progress:bool=True, # a progress bar per model
-                  device:str='auto')->list: # where PyTorch models run (`core.resolve_device`: CUDA asked for but not usable is an error)
+                  device:str='auto', # where PyTorch models run (`core.resolve_device`: CUDA asked for but not usable is an error)
+                  workers:int=0)->list: # DataLoader worker processes reading the images (0: in this process)
     "Validate the models of a run folder; write `50_validation/<run>.csv` and `runs.json`; returns the `Validation`s"
     for k, v, lo, what in (('batch_size', batch_size, 1, ''), ('n', n, 0, ' (0: the whole split)'), ('seed', seed, 0, ''),
-                           ('threads', threads or 0, 0, " (0 or None: onnxruntime's default)")): check_size(k, v, lo, what)   # before any model is found or run
+                           ('threads', threads or 0, 0, " (0 or None: onnxruntime's default)"), ('workers', workers, 0, ' (0: images loaded in this process)')):
+        check_size(k, v, lo, what)   # before any model is found or run
     dev = resolve_device(device)
     found = find_models(run_dir)
     if runs is not None:
@@ -457,7 +459,7 @@ def validate_runs(run_dir, # the run folder
     for r in found.itertuples():
         kw = dict(threads=threads) if r.kind == 'onnx' else dict(avg_bits=r.avg_bits, device=dev) if r.kind == 'mixed' else dict(device=dev)   # a run's reported bits checked against its model
         v = validate(load_predictor(r.file, r.kind, **kw), ds, split, out/f'{r.run}.csv', batch_size, n, seed,
-                     export_dir=export_dir, progress=progress)
+                     export_dir=export_dir, workers=workers, progress=progress)
         v.info.update(baseline=r.baseline, stage=r.stage, tag=r.tag, avg_bits=r.avg_bits, source_sha256=r.source_sha256); results.append(v)
     record_runs(out, results, ds)
     return results

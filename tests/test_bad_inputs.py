@@ -18,8 +18,8 @@ its message that a user needs (the file/row/option AND the expectation). Count t
 | CLI arguments (fairquant-run, -finetune)    |     13 |          13 |            0 |            0 |            0   |                      0 |
 | stage order (run folder missing a stage)    |      6 |           6 |            0 |            0 |            0   |                      0 |
 | validation split / table without a group    |      2 |           2 |            0 |            0 |            0   |                      0 |
-| sidecars, pairs, resume, sizes (41/45/50)   |     30 |          30 |            0 |            0 |            0   |                      0 |
-| **total**                                   |**169** |     **165** |    **1**(*) |        **1** |        **2**   |                  **0** |
+| sidecars, pairs, resume, sizes (41/45/50)   |     31 |          31 |            0 |            0 |            0   |                      0 |
+| **total**                                   |**170** |     **166** |    **1**(*) |        **1** |        **2**   |                  **0** |
 
 (**) Two inputs that were accepted silently and wrongly before (issue 21): a 16-bit greyscale PNG is now scaled to 8 bits (it
 saturated: 98 % of pixels became 255) and integer labels 0…10 are classes in numeric order (label 10 was index 2). The
@@ -834,6 +834,12 @@ def test_validation_sizes(ck, ds, kw, frag):
 def test_validation_runs_negative_threads(run):
     from fairquant.validation import validate_runs
     _check(lambda: validate_runs(run, threads=-1, progress=False), ValueError, "threads=-1: expected a whole number ≥ 0 (0 or None: onnxruntime's default)")
+
+def test_validation_runs_negative_workers(run):
+    "Stage 50's DataLoader workers (a real-scale grid sets 4) are checked before any model is found or run"
+    from fairquant.validation import validate_runs
+    _check(lambda: validate_runs(run, workers=-1, progress=False), ValueError, "workers=-1: expected a whole number ≥ 0 (0: images loaded in this process)")
+    assert not (run/'50_validation').exists()
 
 def test_mixed_export_negative_n_check(tmp_path):
     from fairquant.mixed_onnx import convert_mixed_run

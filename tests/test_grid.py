@@ -14,7 +14,7 @@ import yaml
 from fastcore import test as fct  # fct.test_eq: a module-level `test_eq` would be collected by pytest as a test
 
 from fairquant.core import load_json
-from fairquant.experiments import tiny_grid, run_grid, grid_cli, load_grid, plan_grid, load_plan, GRID_CONFIGS, DEFAULT_GRID
+from fairquant.experiments import tiny_grid, run_grid, grid_cli, load_grid, plan_grid, load_plan, GRID_CONFIGS, DEFAULT_GRID, REAL_SCALE
 
 BIN = Path(sys.executable).parent
 CONFIGS = ('fp32', 'fp32_ft', 'uniform4', 'uniform4_qat', 'fq_qat', 'fq_qat_blind', 'fq_qat_nofair')
@@ -231,4 +231,6 @@ def test_real_studies_dry_run(study, dataset, tmp_path, monkeypatch, capsys):
     assert src[('10_finetune_vit_swin', 'img_size')] == 'real-scale' and src[('10_finetune_vit_swin', 'n_train')] == 'real-scale'
     assert src[('40_onnx_int8', 'calib_n')] == 'real-scale' and src[('60_bias_analysis', 'n_boot')] == 'real-scale'
     assert src[('10_finetune_vit_swin', 'pretrained')] == 'grid'
+    unscaled = [(st, k) for st, ps in REAL_SCALE.items() for k in ps if src.get((st, k)) not in ('real-scale', 'grid')]
+    assert not unscaled, f"real-scale parameters that the plan neither shows nor takes from the grid: {unscaled}"   # DataLoader workers too
     assert not (tmp_path/'g').exists()                                                        # a dry run makes nothing
