@@ -14,6 +14,14 @@ time / INT8 time within one round (above 1 = INT8 faster); the JSON gives its me
 Accuracy beside speed: `top1_agree` and `rel_logit_err` (max |INT8 − FP32| / max |FP32| logit) of each INT8 model
 against its FP32 export on the 32 timing images (noise images: the agreement of random-weight models, not accuracy).
 
+Where the time goes (`vit_op_ms`): onnxruntime's own profile of the ViT's FP32 and dynamic sessions (same options as
+`onnx_session`, 2 threads, batch 32, the mean of 2 runs after a warm-up), kernel milliseconds per op type, and
+`vit_dynamic_int8_share`, the share of the dynamic model's kernel time spent in integer ops (DynamicQuantizeMatMul,
+MatMulInteger, DynamicQuantizeLinear, ConvInteger, ...). Everything else (attention's two activation×activation
+MatMuls, Transpose, Split, GELU, LayerNorm, Softmax, Add, the patch convolution) runs in float in both models, so the
+speed-up is bounded by Amdahl's law, and that float part, memory-bound element-wise work, is what moves with the
+machine's load from round to round.
+
 Usage: .venv/bin/python benchmarks/int8_speed.py [--rounds 7] [--rounds1 10] [--out DIR]
 The last line of stdout is one JSON object; `size_ratio` is the largest INT8/FP32 file-size ratio.
 Targets (2-core AVX512-VNNI Xeon, judged on the medians): resnet18_static >= 2.5, vit_static >= 1.9,
@@ -58,6 +66,27 @@ def images(n, seed):
     x = np.random.default_rng(seed).random((n, 3, 224, 224), dtype=np.float32)
     return ((x - np.array(MEAN, np.float32)[:, None, None]) / np.array(STD, np.float32)[:, None, None]).astype(np.float32)
 
+
+INTEGER_OPS = ('DynamicQuantizeMatMul', 'MatMulInteger', 'MatMulIntegerToFloat', 'DynamicQuantizeLinear', 'ConvInteger',
+               'QLinearConv', 'QLinearMatMul', 'QGemm', 'QuantizeLinear', 'DequantizeLinear', 'QAttention')
+
+def op_profile(path, x, threads:int=THREADS, runs:int=2)->dict:
+    "{op type: mean kernel ms per run} from onnxruntime's profiler (options as `onnx_session`'s), over `runs` runs after a warm-up"
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level, so.log_severity_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL, 3
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.enable_profiling, so.profile_file_prefix = True, str(Path(path).with_suffix(''))
+    s = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
+    for _ in range(runs + 1): s.run(None, {s.get_inputs()[0].name: x})
+    events = json.loads(Path(s.end_profiling()).read_text())
+    spans = sorted((e['ts'], e['ts'] + e['dur']) for e in events if e.get('name') == 'model_run')[1:]   # the timed runs
+    if len(spans) != runs: raise RuntimeError(f"{path}: the profile has {len(spans) + 1} model runs, expected {runs + 1}")
+    ms = Counter()
+    for e in events:
+        if e.get('cat') == 'Node' and e.get('name', '').endswith('_kernel_time') and any(a <= e['ts'] <= b for a, b in spans):
+            ms[e['args']['op_name']] += e['dur']/1000
+    return {k: round(v/runs, 1) for k, v in ms.most_common() if v/runs >= 0.05}
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,6 +143,10 @@ def main():
             for k in keys:
                 res.setdefault(f'ms{suffix or "_b32"}', {})[k] = round(1000 * float(np.median(t[k])), 2)
                 if not k.endswith('fp32'): res.update(spread(f'{k}{suffix}', round_ratios(t, f'{name}_fp32', k), 3))
+        if name == 'vit':
+            res['vit_op_ms'] = {k: op_profile(files[f'vit_{k}'], x32) for k in ('fp32', 'dynamic')}
+            dyn = res['vit_op_ms']['dynamic']
+            res['vit_dynamic_int8_share'] = round(sum(v for k, v in dyn.items() if k in INTEGER_OPS)/sum(dyn.values()), 3)
         print(f'{name}: ' + ', '.join(f'{k} {v:.0f} ms' for k, v in res['ms_b32'].items() if k.startswith(name)), file=sys.stderr, flush=True)
         del sess
     res['targets'] = {k: v for k, (op, v) in TARGETS.items()}   # size_ratio: at most; the speed ratios: at least

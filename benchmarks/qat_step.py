@@ -2,7 +2,7 @@
 quantization, against the same step in FP32, interleaved round by round (`harness.interleaved`). Prints one JSON object
 as the last line: {"ratio": median over the rounds of quantized / fp32 within a round, "ratio_min", "ratio_max", ...}.
 `--fused` puts the fused kernel (`torch.fake_quantize_per_channel_affine`) on CPU too, which `FakeQuant` uses only on
-CUDA: it shows why. Run: .venv/bin/python benchmarks/qat_step.py [--fused] [--rounds 9]"""
+CUDA: it shows why. Run: .venv/bin/python benchmarks/qat_step.py [--fused] [--rounds 15]"""
 import argparse, json, statistics
 import torch, torch.nn.functional as F, torchvision
 from harness import interleaved, round_ratios, spread
@@ -10,7 +10,7 @@ from fairquant.importance import target_layers
 from fairquant.mixed_precision import assign_bits, quantize_model, quantizer
 
 torch.set_num_threads(2)
-ROUNDS, WARMUP = 9, 2   # each round is short (two steps), so more than the harness's minimum of 5
+ROUNDS, WARMUP = 15, 2   # each round is short (two steps), so three times the harness's minimum of 5: a steadier median
 
 def make(quantized:bool, fused:bool=None):
     torch.manual_seed(0)
