@@ -70,8 +70,9 @@ export: $(STAMP)
 # least 5 rounds (benchmarks/harness.py, the shared timing code: not a benchmark, skipped) and prints one JSON object
 # as its last line, the median under its key with <key>_min/<key>_max beside it. Each such line is appended to
 # benchmarks/results.jsonl (committed: the record readers compare runs with) with the commit (-dirty: uncommitted
-# changes), the core count and the date, by tools/bench_record.py. Run on a quiet machine: timings are ratios measured
-# in one process. Logs in runs/bench/.
+# changes), the core count and the date, by tools/bench_record.py, which ends by printing this run beside the one
+# before (`tools/bench_record.py --table --last N` for more). Run on a quiet machine: timings are ratios measured in
+# one process. Logs in runs/bench/.
 bench: $(STAMP)
 	@mkdir -p runs/bench
 	@commit=$$($(BIN)/python tools/bench_record.py --state); \
@@ -82,6 +83,8 @@ bench: $(STAMP)
 	done
 	@echo "results (last line of each):"; for f in benchmarks/*.py; do n=$$(basename $$f .py); [ "$$n" = harness ] && continue; \
 	  echo "$$n: $$(tail -n 1 runs/bench/$$n.log)"; done
+	@echo "this run beside the one before (median (min–max) of every key with a spread):"
+	@$(BIN)/python tools/bench_record.py --table --last 2
 
 clean-runs:
 	rm -rf runs/

@@ -57,3 +57,31 @@ def test_op_profile_counts_the_kernels_of_the_timed_runs(tmp_path):
     ms = op_profile(tmp_path/'m.onnx', np.ones((512, 64), np.float32), threads=1, runs=2)
     assert set(ms) <= {'MatMul', 'FusedMatMul'} and sum(ms.values()) > 0, ms
     assert 'DynamicQuantizeMatMul' in INTEGER_OPS and 'MatMul' not in INTEGER_OPS
+
+# --- tools/bench_record.py --table: the reader of the record `make bench` writes ---
+sys.path.insert(0, str(Path(__file__).parent.parent/'tools'))
+import json, pytest
+from bench_record import read_records, split_runs, spreads, table
+
+def _rec(name, commit, result, date='2026-12-06T10:00:00+00:00'):
+    return json.dumps(dict(benchmark=name, commit=commit, cpu_count=2, cpu_model='x', date=date, result=result))
+
+def test_table_pairs_runs_and_keeps_every_spread(tmp_path):
+    "Two runs at one commit are told apart by a repeated benchmark; each key's median and range land in its run's column"
+    f = tmp_path/'results.jsonl'
+    f.write_text('\n'.join([_rec('qat_step', 'abc', dict(ratio=1.07, ratio_min=0.95, ratio_max=1.12, fp32_s=0.3)),
+                            _rec('mixed_onnx', 'abc', dict(results=dict(r18=dict(speed=dict(wo=0.9), speed_min=dict(wo=0.7), speed_max=dict(wo=1.1))))),
+                            _rec('qat_step', 'abc', dict(ratio=1.12, ratio_min=1.0, ratio_max=1.25)),
+                            _rec('qat_step', 'def', dict(ratio=1.05, ratio_min=0.9, ratio_max=1.1))]) + '\n')
+    runs = split_runs(read_records(f))
+    assert [[r['benchmark'] for r in run] for run in runs] == [['qat_step', 'mixed_onnx'], ['qat_step'], ['qat_step']]
+    assert spreads(json.loads(f.read_text().splitlines()[1])['result']) == {'results.r18.speed.wo': (0.9, 0.7, 1.1)}
+    assert 'fp32_s' not in spreads(json.loads(f.read_text().splitlines()[0])['result'])   # no spread printed: not in the table
+    t = table(f, last=2).splitlines()
+    assert len(t) == 2 and t[1].split()[:2] == ['qat_step', 'ratio'] and '1.12 (1–1.25)' in t[1] and '1.05 (0.9–1.1)' in t[1], t
+    assert '1.07' not in '\n'.join(t)   # the oldest run is not among the last two
+
+def test_table_names_a_bad_line(tmp_path):
+    f = tmp_path/'results.jsonl'
+    f.write_text(_rec('qat_step', 'abc', dict(ratio=1.0, ratio_min=1.0, ratio_max=1.0)) + '\n{"benchmark": \n')
+    with pytest.raises(ValueError, match=r'results.jsonl:2: not JSON'): read_records(f)
