@@ -2,7 +2,7 @@
 the obvious vectorised alternative (a full stable sort of all units, `by_sort`), which must give the same bits.
 
 Both run interleaved in this one process with `benchmarks/harness.py` (one warm-up round, then `ROUNDS` rounds, the
-order reversed every other round), 2 torch threads. Prints one JSON object as the last line: `seconds` is the median
+order rotated by one each round), 2 torch threads. Prints one JSON object as the last line: `seconds` is the median
 seconds of `assign_bits` over the rounds with `seconds_min`/`seconds_max` beside it, `sort_seconds` the same for the
 sort, and `ratio` = assign_bits / sort within each round (below 1 = assign_bits faster), median with its spread.
 `make bench` appends that line to benchmarks/results.jsonl. Run: .venv/bin/python benchmarks/bit_assignment.py"""

@@ -7,7 +7,7 @@ and the INT8 model (logits of every image, `run_onnx`, batch 32, sessions opened
 that layer's FP32 input alone, error and signal energies summed per image inside onnxruntime; SQNR sums per group),
 which builds that model and opens its session on every call. Both in this one process, 2 intra-op threads,
 interleaved round by round with `benchmarks/harness.py` (one warm-up round, then `--rounds` rounds, the order
-reversed every other round); also timed in each round: that per-call setup alone (`own_error_model` + session).
+rotated by one each round); also timed in each round: that per-call setup alone (`own_error_model` + session).
 Also printed (stderr) and in the JSON: how many layers have their output requantization charged to them
 (`out_requant`: those branches run onnxruntime's integer kernels), and the integer / float weight ops in the graph
 onnxruntime runs for the localisation model.

@@ -7,7 +7,7 @@ patch-embedding convolution runs as onnxruntime's `ConvInteger` (`vit_dynamic_co
 the dynamic recipe before issue 20; the default stores that convolution's weights in int8 and computes it in float).
 
 Timing: the sessions of one model run in this one process (2 intra-op threads, `onnx_session`), interleaved round by
-round with `benchmarks/harness.py` (every session once per round, the order reversed every other round, one warm-up
+round with `benchmarks/harness.py` (every session once per round, the order rotated by one each round, one warm-up
 round): `--rounds` rounds at batch 32 and `--rounds1` rounds at batch 1 (each the best of 3 calls). A ratio is FP32
 time / INT8 time within one round (above 1 = INT8 faster); the JSON gives its median over the rounds under the key
 (`vit_dynamic`) with the spread beside it (`vit_dynamic_min`, `vit_dynamic_max`). Batch 1 keys end in `_b1`.

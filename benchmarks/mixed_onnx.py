@@ -7,7 +7,7 @@ random importance scores. Per model:
   * int8_activations, per-tensor bits (whole layers) at levels 0.2/0.4/0.4 and at 0.1/0.1/0.8 (most layers 8-bit):
     latency vs FP32.
 FP32 and every mixed session run in one process (2 intra-op threads), interleaved round by round with
-`benchmarks/harness.py` (every session once per round, the order reversed every other round, one warm-up round,
+`benchmarks/harness.py` (every session once per round, the order rotated by one each round, one warm-up round,
 `ROUNDS` rounds). `speed_vs_fp32[k]` is FP32 time / session k's time within a round (above 1 = faster than FP32):
 its median over the rounds, with the min and max over the rounds in `speed_vs_fp32_min` / `speed_vs_fp32_max`.
 An A/A control runs beside them: `fp32_again`, a second session of the same FP32 file, whose `speed_vs_fp32` would

@@ -85,3 +85,20 @@ def test_table_names_a_bad_line(tmp_path):
     f = tmp_path/'results.jsonl'
     f.write_text(_rec('qat_step', 'abc', dict(ratio=1.0, ratio_min=1.0, ratio_max=1.0)) + '\n{"benchmark": \n')
     with pytest.raises(ValueError, match=r'results.jsonl:2: not JSON'): read_records(f)
+
+# --- benchmarks/harness.py: the order of the functions within rounds ---
+from harness import round_order, interleaved
+
+def test_round_order_balances_positions_and_never_repeats_across_rounds():
+    "Over n rounds every function takes every position once; with n >= 3 none runs twice in a row at a round boundary"
+    for n in (2, 3, 4, 6):
+        names = [f'f{i}' for i in range(n)]
+        orders = [round_order(names, i) for i in range(-1, 2*n)]
+        for pos in range(n): assert sorted(o[pos] for o in orders[1:n + 1]) == names
+        if n >= 3: assert all(a[-1] != b[0] for a, b in zip(orders, orders[1:])), orders
+
+def test_interleaved_runs_the_rounds_in_that_order():
+    calls = []
+    t = interleaved({k: (lambda k=k: calls.append(k)) for k in 'abc'}, rounds=3, warmup=1)
+    assert calls == round_order('abc', -1) + round_order('abc', 0) + round_order('abc', 1) + round_order('abc', 2)
+    assert {k: len(v) for k, v in t.items()} == {'a': 3, 'b': 3, 'c': 3}
