@@ -7,8 +7,11 @@ patch-embedding convolution runs as onnxruntime's `ConvInteger` (`vit_dynamic_co
 the dynamic recipe before issue 20; the default stores that convolution's weights in int8 and computes it in float).
 
 Timing: the sessions of one model run in this one process (2 intra-op threads, `onnx_session`), interleaved round by
-round with `benchmarks/harness.py` (every session once per round, the order rotated by one each round, one warm-up
-round): `--rounds` rounds at batch 32 and `--rounds1` rounds at batch 1 (each the best of 3 calls). A ratio is FP32
+round with `benchmarks/harness.py` (every session once per round, never twice in a row across rounds, one warm-up
+round): `--rounds` rounds at batch 32, each time the best of 2 back-to-back calls of that session, and `--rounds1`
+rounds at batch 1, the best of 3: the warm, steady-state time of a model answering call after call, the same for
+both sides. (Before, a batch-32 time was one call, warm only when the harness happened to run that session twice in
+a row: ResNet-18's ratio split into modes near 2.4 and 2.8–3.4 by which side was warm.) A ratio is FP32
 time / INT8 time within one round (above 1 = INT8 faster); the JSON gives its median over the rounds under the key
 (`vit_dynamic`) with the spread beside it (`vit_dynamic_min`, `vit_dynamic_max`). Batch 1 keys end in `_b1`.
 Accuracy beside speed: `top1_agree` and `rel_logit_err` (max |INT8 − FP32| / max |FP32| logit) of each INT8 model
@@ -138,7 +141,7 @@ def main():
             y = run_onnx(sess[k], x32, 32)
             res.setdefault('top1_agree', {})[k] = float((y.argmax(1) == ref.argmax(1)).mean())
             res.setdefault('rel_logit_err', {})[k] = round(float(np.abs(y - ref).max() / np.abs(ref).max()), 4)
-        for x, rounds, repeat, suffix in ((x32, a.rounds, 1, ''), (x1, a.rounds1, 3, '_b1')):
+        for x, rounds, repeat, suffix in ((x32, a.rounds, 2, ''), (x1, a.rounds1, 3, '_b1')):
             t = interleaved({k: (lambda s=s, k=k: s.run(None, {feed[k]: x})) for k, s in sess.items()}, rounds, warmup=1, repeat=repeat)
             for k in keys:
                 res.setdefault(f'ms{suffix or "_b32"}', {})[k] = round(1000 * float(np.median(t[k])), 2)
