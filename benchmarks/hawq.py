@@ -22,15 +22,14 @@ import torch, torchvision
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import interleaved, round_ratios, spread
 from fairquant.finetune import build_model, model_spec
-from fairquant.importance import group_importance, target_layers
+from fairquant.importance import group_importance, target_layers, _probes
 
 MODELS = {'vit_mini': (lambda: build_model(model_spec('vit_mini', img_size=32), list('abcde')), 32),
           'resnet18': (lambda: torchvision.models.resnet18(num_classes=5), 64)}
 
 def rademacher(ws:list, probes:int, seed:int)->list:
-    "`probes` lists of ±1 tensors shaped like `ws` (probe by probe, weight by weight, from one CPU generator)"
-    gen = torch.Generator().manual_seed(seed)
-    return [[torch.randint(0, 2, w.shape, generator=gen).float().mul_(2).sub_(1) for w in ws] for _ in range(probes)]
+    "`probes` lists of ±1 tensors shaped like `ws`: the probes `group_importance` draws, from a CPU generator seeded `seed`"
+    return _probes(ws, probes, torch.Generator().manual_seed(seed))
 
 def hutchinson_floor(model, batch, probes:int, seed:int=0)->list:
     "One whole-batch map mean_s v_s ⊙ H v_s (Rademacher v_s), every weight of `target_layers`: the textbook double backward"
