@@ -85,6 +85,8 @@ def test_table_names_a_bad_line(tmp_path):
     f = tmp_path/'results.jsonl'
     f.write_text(_rec('qat_step', 'abc', dict(ratio=1.0, ratio_min=1.0, ratio_max=1.0)) + '\n{"benchmark": \n')
     with pytest.raises(ValueError, match=r'results.jsonl:2: not JSON'): read_records(f)
+    f.write_text('{"benchmark": "x", "commit": "a", "result": {}}\n')
+    with pytest.raises(ValueError, match=r"results.jsonl:1: .*missing \['cpu_count', 'cpu_model', 'date'\]"): read_records(f)
 
 # --- benchmarks/harness.py: the order of the functions within rounds ---
 from harness import round_order, interleaved

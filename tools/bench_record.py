@@ -48,6 +48,8 @@ def last_json(log)->dict:
     return res
 
 
+RECORD_KEYS = ('benchmark', 'commit', 'cpu_count', 'cpu_model', 'date', 'result')   # what `record` writes
+
 def record(name:str, log, out=RESULTS, commit:str=None)->dict:
     "Append the record of benchmark `name` (its result read from `log`) to `out`; returns the record"
     rec = dict(benchmark=name, commit=commit or git_state(), cpu_count=os.cpu_count(), cpu_model=cpu_model(),
@@ -66,8 +68,10 @@ def read_records(path=RESULTS)->list:
         if not line.strip(): continue
         try: r = json.loads(line)
         except json.JSONDecodeError as e: raise ValueError(f"{path}:{i}: not JSON ({e})") from None
-        if not (isinstance(r, dict) and isinstance(r.get('result'), dict) and r.get('benchmark') and r.get('commit')):
-            raise ValueError(f"{path}:{i}: expected a record with benchmark, commit and a result object")
+        missing = [k for k in RECORD_KEYS if not (isinstance(r, dict) and k in r)]
+        if missing or not isinstance(r['result'], dict):
+            raise ValueError(f"{path}:{i}: expected a record with {', '.join(RECORD_KEYS)} (result an object); "
+                             + (f"missing {missing}" if missing else f"result is {type(r['result']).__name__}"))
         recs.append(r)
     return recs
 
@@ -104,6 +108,7 @@ def table(path=RESULTS, last:int=2)->str:
     for j, run in enumerate(runs):
         for rec in run:
             for k, (m, lo, hi) in spreads(rec['result']).items(): rows.setdefault((rec['benchmark'], k), {})[j] = f"{m:g} ({lo:g}–{hi:g})"
+    if not rows: return f"{path}: no key with its _min and _max in the last {len(runs)} run(s)"
     w = max(len(f'{b} {k}') for b, k in rows)
     lines = [' '*w + ''.join(f'  {h:<32}' for h in heads)]
     for (b, k), cells in rows.items(): lines.append(f'{b} {k}'.ljust(w) + ''.join(f"  {cells.get(j, '—'):<32}" for j in range(len(runs))))
